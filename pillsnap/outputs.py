@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 
 # %% auto #0
-__all__ = ['KST', 'TRACKED_PACKAGES', 'kst_now', 'atomic_path', 'write_text', 'write_json', 'write_table', 'package_versions',
-           'write_run_record']
+__all__ = ['KST', 'TRACKED_PACKAGES', 'kst_now', 'current_umask', 'atomic_path', 'write_text', 'write_json', 'write_table',
+           'package_versions', 'write_run_record', 'update_run_record']
 
 # %% ../nbs/02_outputs.ipynb #7a7296ee
 KST = ZoneInfo('Asia/Seoul')
@@ -23,7 +23,12 @@ def kst_now() -> str:
     "The current time in Korea Standard Time, ISO 8601 with offset."
     return datetime.now(KST).isoformat(timespec='seconds')
 
-# %% ../nbs/02_outputs.ipynb #03835245
+# %% ../nbs/02_outputs.ipynb #6ecbf3b4
+def current_umask() -> int:
+    "The process umask (reading it means setting it, so it is set straight back)."
+    mask = os.umask(0); os.umask(mask)
+    return mask
+
 @contextmanager
 def atomic_path(path: str | Path):
     "Yield a temporary path next to `path`; it replaces `path` only if the block succeeds."
@@ -31,6 +36,7 @@ def atomic_path(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes files private; outputs get the usual mode
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -66,12 +72,17 @@ def package_versions() -> dict:
         except metadata.PackageNotFoundError: return None
     return {'python': platform.python_version(), **{n: version(n) for n in TRACKED_PACKAGES}}
 
-# %% ../nbs/02_outputs.ipynb #10a9ce6b
+# %% ../nbs/02_outputs.ipynb #564d75fa
 def write_run_record(out_dir: str | Path, command: str,
-                     config,  # a `Config` or a plain dict of the parameters used
+                     params,  # the parameters of the call: a dict, or a `Config`
                      **extra) -> Path:
-    "Write `run.json` in `out_dir`: command, resolved config, seed, versions, KST time, plus `extra`."
-    config = config.model_dump(mode='json') if hasattr(config, 'model_dump') else dict(config)
-    record = dict(command=command, created_at=kst_now(), seed=config.get('seed'), config=config,
+    "Write `run.json` in `out_dir`: command, parameters, seed, versions, KST time, plus `extra`."
+    params = params.model_dump(mode='json') if hasattr(params, 'model_dump') else dict(params)
+    record = dict(command=command, created_at=kst_now(), seed=params.get('seed'), params=params,
                   versions=package_versions(), argv=sys.argv, **extra)
     return write_json(Path(out_dir)/'run.json', record)
+
+def update_run_record(out_dir: str | Path, **fields) -> Path:
+    "Add `fields` to the `run.json` in `out_dir` (e.g. the CLI's resolved config next to the call's parameters)."
+    path = Path(out_dir)/'run.json'
+    return write_json(path, {**json.loads(path.read_text(encoding='utf-8')), **fields})

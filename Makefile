@@ -1,0 +1,36 @@
+# PillSnap: the two commands of the README. Everything else is set up on the way.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := work/demo
+PM     := $(BIN)/papermill --cwd nbs -k python3 --log-level WARNING
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py settings.ini
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (PillSnap)"
+	touch $(STAMP)
+
+# Synthetic AIHub tree -> scan -> stage notebooks (manifests, YOLO conversion, plots) -> reports/demo/*.html
+demo: install
+	$(BIN)/pillsnap synth $(DEMO)/data --classes 30 --faults
+	$(BIN)/pillsnap scan --data-root $(DEMO)/data --check images --out $(DEMO)/inventory
+	mkdir -p reports/demo
+	$(PM) nbs/stage1.ipynb reports/demo/stage1.ipynb -p data_root $(CURDIR)/$(DEMO)/data -p work_dir $(CURDIR)/$(DEMO) -p strategy single_only -p samples 240 -p classes 20
+	$(PM) nbs/stage2.ipynb reports/demo/stage2.ipynb -p data_root $(CURDIR)/$(DEMO)/data -p work_dir $(CURDIR)/$(DEMO) -p strategy combo_light -p samples 300 -p classes 24
+	$(PM) nbs/stage3.ipynb reports/demo/stage3.ipynb -p data_root $(CURDIR)/$(DEMO)/data -p work_dir $(CURDIR)/$(DEMO) -p strategy max_combo -p samples 300 -p classes 28
+	$(PM) nbs/stage4.ipynb reports/demo/stage4.ipynb -p data_root $(CURDIR)/$(DEMO)/data -p work_dir $(CURDIR)/$(DEMO) -p strategy balanced -p samples 400
+	$(BIN)/jupyter nbconvert --to html --no-input reports/demo/stage*.ipynb
+	@echo "Reports: reports/demo/stage{1,2,3,4}.html"
+
+test: install
+	$(BIN)/nbdev_test
+	$(BIN)/pytest -q tests
+
+clean:
+	rm -rf work nbs/work reports/demo .ultralytics
