@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := work/demo
 PM     := $(BIN)/papermill --cwd nbs -k python3 --log-level WARNING
+DEMO_P := -p data_root $(CURDIR)/$(DEMO)/data -p work_dir $(CURDIR)/$(DEMO) -p check images
 
 .PHONY: install demo test clean
 
@@ -17,16 +18,19 @@ $(STAMP): setup.py settings.ini
 	touch $(STAMP)
 
 # Synthetic AIHub tree -> scan -> stage notebooks (manifests, YOLO conversion, plots) -> reports/demo/*.html
-demo: install
-	$(BIN)/pillsnap synth $(DEMO)/data --classes 30 --faults
+demo: install $(DEMO)/data/synth_images.csv
 	$(BIN)/pillsnap scan --data-root $(DEMO)/data --check images --out $(DEMO)/inventory
 	mkdir -p reports/demo
-	$(PM) nbs/stage1.ipynb reports/demo/stage1.ipynb -p data_root $(CURDIR)/$(DEMO)/data -p work_dir $(CURDIR)/$(DEMO) -p strategy single_only -p samples 240 -p classes 20
-	$(PM) nbs/stage2.ipynb reports/demo/stage2.ipynb -p data_root $(CURDIR)/$(DEMO)/data -p work_dir $(CURDIR)/$(DEMO) -p strategy combo_light -p samples 300 -p classes 24
-	$(PM) nbs/stage3.ipynb reports/demo/stage3.ipynb -p data_root $(CURDIR)/$(DEMO)/data -p work_dir $(CURDIR)/$(DEMO) -p strategy max_combo -p samples 300 -p classes 28
-	$(PM) nbs/stage4.ipynb reports/demo/stage4.ipynb -p data_root $(CURDIR)/$(DEMO)/data -p work_dir $(CURDIR)/$(DEMO) -p strategy balanced -p samples 400
+	$(PM) nbs/stage1.ipynb reports/demo/stage1.ipynb $(DEMO_P) -p strategy single_only -p samples 240 -p classes 20
+	$(PM) nbs/stage2.ipynb reports/demo/stage2.ipynb $(DEMO_P) -p strategy combo_light -p samples 300 -p classes 24
+	$(PM) nbs/stage3.ipynb reports/demo/stage3.ipynb $(DEMO_P) -p strategy max_combo -p samples 300 -p classes 28
+	$(PM) nbs/stage4.ipynb reports/demo/stage4.ipynb $(DEMO_P) -p strategy balanced -p samples 400
 	$(BIN)/jupyter nbconvert --to html --no-input reports/demo/stage*.ipynb
 	@echo "Reports: reports/demo/stage{1,2,3,4}.html"
+
+# Written once; delete work/demo (or `make clean`) to write it anew.
+$(DEMO)/data/synth_images.csv: | install
+	$(BIN)/pillsnap synth $(DEMO)/data --classes 30 --faults
 
 test: install
 	$(BIN)/nbdev_test
