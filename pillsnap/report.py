@@ -10,15 +10,15 @@ import matplotlib
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['AIHUB_RELEASE', 'kind_counts', 'plot_kind_counts', 'images_per_class', 'plot_images_per_class', 'class_coverage',
+__all__ = ['AIHUB_RELEASE', 'kind_summary', 'plot_kind_counts', 'images_per_class', 'plot_images_per_class', 'class_coverage',
            'plot_combo_pill_counts', 'plot_camera_coverage', 'quarantine_summary', 'plot_manifest_classes']
 
 # %% ../nbs/50_report.ipynb #976584a8
 AIHUB_RELEASE = pd.DataFrame({'images': [2_317_362, 16_187], 'classes': [3_724, 4_047]},
                              index=pd.Index(['single', 'combo'], name='kind'))
 
-# %% ../nbs/50_report.ipynb #2d557ae8
-def kind_counts(inv: pd.DataFrame) -> pd.DataFrame:
+# %% ../nbs/50_report.ipynb #88517b58
+def kind_summary(inv: pd.DataFrame) -> pd.DataFrame:
     "Images and distinct codes per kind, with the single:combo ratio of this inventory and of the real release."
     codes = inv.assign(code=inv.codes.str.split('|')).explode('code')
     out = pd.DataFrame({'images': inv.groupby('kind').size(), 'classes': codes.groupby('kind').code.nunique()})
@@ -28,10 +28,10 @@ def kind_counts(inv: pd.DataFrame) -> pd.DataFrame:
     out['real_share'] = (AIHUB_RELEASE.images/AIHUB_RELEASE.images.sum()).round(4)
     return out
 
-# %% ../nbs/50_report.ipynb #b110462c
+# %% ../nbs/50_report.ipynb #dbc0221c
 def plot_kind_counts(inv: pd.DataFrame) -> plt.Figure:
     "Images per kind on a log scale: this inventory beside the real release."
-    kc = kind_counts(inv)
+    kc = kind_summary(inv)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = np.arange(2)
     for off, col, label in ((-0.2, 'images', 'this data set'), (0.2, 'real_images', 'AIHub release')):
