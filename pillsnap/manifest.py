@@ -206,13 +206,13 @@ def box_column(rows: pd.DataFrame) -> pd.Series:
     boxes[read] = [json.dumps([[p['x'], p['y'], p['w'], p['h']] for p in pills]) for pills in rows.pills[read]]
     return boxes
 
-# %% ../nbs/32_manifest.ipynb #cc73c0d4
+# %% ../nbs/32_manifest.ipynb #82f9a779
 MANIFEST_COLUMNS = ['path', 'split', 'kind', 'codes', 'class_id', 'class_ids', 'group', 'n_pills', 'width', 'height',
                     'boxes']
 SOURCE_COLUMNS = ['path', 'split', 'kind', 'code', 'codes', 'n_pills', 'group', 'width', 'height', 'pills']  # read of the inventory
 
 def manifest_table(rows: pd.DataFrame, split: str, class_map: ClassMap) -> pd.DataFrame:
-    "Inventory `rows` as a manifest table of `split`, in the contract's columns."
+    "Inventory `rows` as a manifest table of `split`, in the manifest columns."
     rows = rows.reset_index(drop=True)
     single = (rows.kind == 'single').to_numpy()
     class_id = pd.Series(pd.NA, index=rows.index, dtype='Int64')

@@ -47,7 +47,7 @@ def toy_row(split: str, codes: list[str], fields: tuple, with_pills: bool = True
                 label_paths=labels, width=976, height=1280, back_color='연회색 배경', light_color='주백색',
                 pills=[toy_pill(c, i) for i, c in enumerate(codes)] if with_pills else None)
 
-# %% ../nbs/25_toy.ipynb #a6c6ca91
+# %% ../nbs/25_toy.ipynb #f5bf228c
 def toy_inventory(n_classes: int = 20,  # single-pill classes K-000001.., all in the train tree
                   n_groups: int = 3,  # capture sessions per class in the train tree
                   n_angles: int = 4,  # camera angles per session
@@ -56,7 +56,7 @@ def toy_inventory(n_classes: int = 20,  # single-pill classes K-000001.., all in
                   n_combo_only: int = 2,  # codes that appear only in combinations (K-800001..)
                   with_pills: bool = True,  # False: names-level inventory, `pills` is null
                  ) -> pd.DataFrame:
-    "A small inventory in the contract schema, with a val-only class (K-900001) and combo-only codes."
+    "A small inventory in the scanner's schema, with a val-only class (K-900001) and combo-only codes."
     singles = [f'K-{i:06d}' for i in range(1, n_classes + 1)]
     combo_only = [f'K-{800001 + j}' for j in range(n_combo_only)]
     rows = [toy_row('train', [c], (g, 0, 0, 0, *a), with_pills)
