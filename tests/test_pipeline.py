@@ -37,6 +37,15 @@ def test_infeasible_mix_fails_with_the_numbers_and_writes_nothing(tmp_path, faul
     assert not (tmp_path/'stage1').exists()
 
 
+def test_dry_run_prints_the_report_and_writes_nothing(tmp_path, faulty_tree):
+    run_cli('scan', '--data-root', faulty_tree.root, '--work-dir', tmp_path)
+    res = run_cli('manifest', '--strategy', 'combo_light', '--samples', 40, '--classes', 6, '--dry-run',
+                  '--work-dir', tmp_path)
+    report = json.loads(res.stdout)
+    assert report['strategy'] == 'combo_light' and report['achieved']['train+val']['total'] == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['inventory']
+
+
 def test_yolo_labels_are_valid_and_ultralytics_trains_on_them(stage_dir, tmp_path):
     yolo = stage_dir/'yolo'
     report = json.loads((yolo/'conversion_report.json').read_text())
