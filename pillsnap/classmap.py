@@ -146,19 +146,20 @@ class StaleClassMap(ValueError):
                          f'{path} and run again (or ClassMap.from_inventory(inventory).save(path)), then rebuild '
                          'the manifests and retrain models that used the old map.')
 
-# %% ../nbs/30_classmap.ipynb #f7aaeb2b
+# %% ../nbs/30_classmap.ipynb #a2c2ccfa
 INVENTORY_CODE_COLUMNS = ['split', 'kind', 'code', 'codes', 'pills']
 
 def ensure_class_map(inventory: pd.DataFrame | str | Path,  # inventory table or its parquet file
                      path: str | Path,  # class_mapping.json
+                     save: bool = True,  # False: build a missing map in memory only (dry runs)
                     ) -> ClassMap:
-    "Load the class map at `path` and check it covers `inventory`; if there is none, build and save it."
+    "Load the class map at `path` and check it covers `inventory`; if there is none, build (and save) it."
     path = Path(path)
     is_table = isinstance(inventory, pd.DataFrame)
     inv = inventory if is_table else pd.read_parquet(inventory, columns=INVENTORY_CODE_COLUMNS)
     if not path.exists():
         cm = ClassMap.from_inventory(inv, None if is_table else str(inventory))
-        cm.save(path)
+        if save: cm.save(path)
         return cm
     cm = ClassMap.load(path)
     if new := cm.missing(inventory_codes(inv)): raise StaleClassMap(path, new)

@@ -10,8 +10,8 @@ from .config import STRATEGIES, load_config, require_data_root
 from .outputs import update_run_record
 
 # %% auto #0
-__all__ = ['add_common', 'add_data_root', 'config_from', 'record_config', 'run_synth', 'run_scan', 'manifest_dir', 'scanned_root',
-           'run_manifest', 'run_convert_yolo', 'build_parser', 'main']
+__all__ = ['add_common', 'add_data_root', 'config_from', 'record_config', 'run_synth', 'run_scan', 'manifest_dir',
+           'inventory_root', 'run_manifest', 'run_convert_yolo', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #f7a249cf
 def add_common(p: argparse.ArgumentParser):
@@ -52,15 +52,16 @@ def run_scan(args):
     record_config(out, cfg)
     print(f'inventory: {len(res.inventory)} images, quarantine: {len(res.quarantine)} files -> {out}')
 
-# %% ../nbs/90_cli.ipynb #cf87ce6c
+# %% ../nbs/90_cli.ipynb #55345032
 def manifest_dir(cfg) -> Path:
     "Default folder of a stage manifest: `work/stage{N}/{strategy}`."
     return cfg.work_dir/f'stage{cfg.stage}'/cfg.strategy
 
-def scanned_root(inv_dir: Path) -> str | None:
-    "The data root an inventory was scanned from, as its `run.json` records it."
+def inventory_root(inv_dir: Path, cfg) -> Path | None:
+    "The data root the inventory's paths are relative to: the scanned one while it exists, else the configured one."
     run = inv_dir/'run.json'
-    return json.loads(run.read_text(encoding='utf-8'))['params'].get('data_root') if run.exists() else None
+    scanned = json.loads(run.read_text(encoding='utf-8'))['params'].get('data_root') if run.exists() else None
+    return Path(scanned) if scanned and Path(scanned).is_dir() else cfg.data_root
 
 def run_manifest(args):
     from pillsnap.manifest import build_manifest
@@ -70,10 +71,10 @@ def run_manifest(args):
     inv_dir = args.inventory or cfg.work_dir/'inventory'
     inv = read_inventory(inv_dir)
     out = args.out or manifest_dir(cfg)
-    res = build_manifest(inv, ensure_class_map(inv, inv_dir/'class_mapping.json'), stage=cfg.stage,
+    res = build_manifest(inv, ensure_class_map(inv, inv_dir/'class_mapping.json', save=not args.dry_run), stage=cfg.stage,
                          strategy=cfg.strategy, samples=cfg.samples, classes=cfg.classes, single_ratio=cfg.single_ratio,
                          seed=cfg.seed, val_fraction=cfg.val_fraction, allow_shortfall=args.allow_shortfall,
-                         out_dir=out, dry_run=args.dry_run, data_root=cfg.data_root or scanned_root(inv_dir))
+                         out_dir=out, dry_run=args.dry_run, data_root=inventory_root(inv_dir, cfg))
     if not args.dry_run: record_config(out, cfg)
     print(json.dumps(res.report, ensure_ascii=False, indent=2, default=str))
 
@@ -85,6 +86,7 @@ def run_convert_yolo(args):
                        per_code_classes=args.per_code_classes, include_singles=args.include_singles)
     record_config(out, cfg)
     print(json.dumps({k: rep[k] for k in ('images', 'boxes_written', 'success_rate', 'validation')}, indent=2))
+    if not rep['images']: raise ValueError(f'no image was converted from {args.manifest}: {rep["reasons"]}')
 
 # %% ../nbs/90_cli.ipynb #e5f32402
 def build_parser() -> argparse.ArgumentParser:
@@ -133,12 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p); p.set_defaults(func=run_convert_yolo)
     return parser
 
-# %% ../nbs/90_cli.ipynb #f2566e0b
+# %% ../nbs/90_cli.ipynb #c10d772e
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `pillsnap` console script."
     args = build_parser().parse_args(argv)
     try: args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, OSError, KeyError) as e:  # bad input: one line naming it, not a traceback
         print(f'pillsnap {args.command}: error: {e}', file=sys.stderr)
         return 2
     return 0

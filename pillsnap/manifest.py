@@ -76,7 +76,7 @@ class MixPlan:
     def to_dict(self) -> dict:
         return {**asdict(self), 'total': self.total, 'ratio': self.ratio, 'shortfall': self.shortfall}
 
-# %% ../nbs/32_manifest.ipynb #3f0fe5f1
+# %% ../nbs/32_manifest.ipynb #353ff8d4
 KIND_WORDS = {'single': 'single-pill', 'combo': 'combination'}
 
 def shortfall_message(plan: MixPlan) -> str:
@@ -92,7 +92,7 @@ class InfeasibleMix(ValueError):
         self.plan, self.working = plan, working
         options = ', '.join(f'{p.strategy} ({p.ratio}, {p.total:,} samples)' for p in working) or 'none at this size'
         super().__init__(f'{plan.strategy}: {shortfall_message(plan)}. Strategies that work: {options}; '
-                         'or pass allow_shortfall=True to take what is available.')
+                         'or pass allow_shortfall=True (CLI: --allow-shortfall) to take what is available.')
 
 # %% ../nbs/32_manifest.ipynb #dd13b756
 def _mix_plan(strategy, samples, n_single, n_combo, single_ratio=None) -> MixPlan:

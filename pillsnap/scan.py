@@ -29,8 +29,8 @@ __all__ = ['UNIT_DEPTH', 'MIN_PARALLEL_UNITS', 'IMAGE_FOLDER', 'LABEL_FOLDER', '
            'label_fields', 'text', 'label_rows', 'read_labels', 'image_fault', 'check_images', 'run_chunked',
            'cache_frame', 'load_cache', 'stat_files', 'cache_hits', 'read_checked', 'save_cache', 'box_text',
            'label_faults', 'pill_lists', 'label_columns', 'label_paths', 'build_inventory', 'ScanResult', 'read_files',
-           'label_boxes', 'check_contents', 'fault_summary', 'box_frame', 'check_scan_args', 'write_inventory',
-           'write_outputs', 'scan', 'read_inventory']
+           'label_boxes', 'check_contents', 'fault_summary', 'box_frame', 'check_scan_args', 'check_out_dir',
+           'write_inventory', 'write_outputs', 'scan', 'read_inventory']
 
 # %% ../nbs/20_scan.ipynb #2d2a69db
 def arrow(values, type: pa.DataType) -> pa.Array:
@@ -239,7 +239,7 @@ def add_keys(images: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, 
     key = lambda t, c, r: (t.split_kind.to_numpy() * n_codes + c) * n_rests + r
     return images.assign(key=key(images, ci, ri)), labels.assign(key=key(labels, cl, rl))
 
-# %% ../nbs/20_scan.ipynb #091987da
+# %% ../nbs/20_scan.ipynb #3118e65d
 def sort_files(files: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "Image and label files whose names parse in their folders (see `named_files`, plus `key`); faults of the rest."
     folders = files.folder.cat.categories.to_series(index=None).reset_index(drop=True)
@@ -262,7 +262,9 @@ def sort_files(files: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
 def stray_message(t: pd.DataFrame) -> pd.Series:
     "Why each of the files `t` (name, role of its folder) is not an image or label of the layout."
     typed = t.name.str.endswith('.png') | t.name.str.endswith('.json')
-    return pd.Series(np.where(~typed, 'not a .png image or .json label',
+    upper = t.name.str.lower().str.endswith('.png') | t.name.str.lower().str.endswith('.json')
+    return pd.Series(np.where(~typed, np.where(upper, 'extension in capitals: AIHub names end in .png/.json; rename it',
+                                               'not a .png image or .json label'),
                               np.where(t.role.isna(), 'not inside an AIHub image or label folder',
                                        'wrong file type for an AIHub ' + t.role.fillna('').astype(str) + ' folder')),
                      index=t.index)
@@ -346,7 +348,7 @@ def label_fields(doc) -> tuple[dict, list]:
         raise ValueError(f'bbox is not [x, y, w, h] numbers: {boxes}')
     return info, boxes
 
-# %% ../nbs/20_scan.ipynb #7b6f2198
+# %% ../nbs/20_scan.ipynb #e72c5be4
 def text(v) -> str | None: return None if v is None else str(v)
 
 def label_rows(root: str, path: str) -> list[tuple]:
@@ -355,8 +357,8 @@ def label_rows(root: str, path: str) -> list[tuple]:
         raw = Path(root, path).read_bytes()
         if not raw: raise ValueError('empty file')
         info, boxes = label_fields(json.loads(raw))
-    except (OSError, ValueError) as e:
-        return [(path, 'bad_json', f'not a usable label JSON: {e}') + (None,) * (len(LABEL_COLUMNS) - 3)]
+    except Exception as e:  # any content (huge numbers, deep nesting, …): one bad file never stops a scan
+        return [(path, 'bad_json', f'not a usable label JSON: {type(e).__name__}: {e}') + (None,) * (len(LABEL_COLUMNS) - 3)]
     colours = (text(info.get('back_color')), text(info.get('light_color')))
     head = (path, None, None, info['width'], info['height'], *colours)
     pill = tuple(text(info.get(k)) for k in PILL_TEXT)
@@ -585,7 +587,7 @@ def fault_summary(quarantine: pd.DataFrame) -> str:
     line = part(skipped, f'skipped {n} file{"s" * (n != 1)}')
     return line + (f'; {part(kept, f"kept {kept.path.nunique()} with warnings")}' if len(kept) else '')
 
-# %% ../nbs/20_scan.ipynb #196732bd
+# %% ../nbs/20_scan.ipynb #f137d32d
 def box_frame() -> pd.DataFrame:
     "No box rows, with the box-row columns and types."
     keys = pd.DataFrame({'img': pd.Series(dtype='int64'), 'pill': pd.Series(dtype='str'),
@@ -597,6 +599,12 @@ def check_scan_args(root: Path, split: str, check: str):
     if split not in SPLITS: raise ValueError(f'split {split!r} is not one of {", ".join(SPLITS)}')
     if check not in CHECKS: raise ValueError(f'check {check!r} is not one of {", ".join(CHECKS)}')
     if not root.is_dir(): raise FileNotFoundError(f'Data root {root} is not a folder.')
+
+def check_out_dir(root: Path, out_dir: Path):
+    "Refuse an output folder inside the data root: the original data is never written to."
+    root, out = root.resolve(), out_dir.resolve()
+    if out == root or root in out.parents:
+        raise ValueError(f'Output folder {out_dir} lies inside the data root {root}; choose a folder outside it')
 
 def write_inventory(inventory: pd.DataFrame, path: Path) -> Path:
     "Write the inventory parquet atomically, readable by plain `pd.read_parquet`."
@@ -617,7 +625,7 @@ def write_outputs(res: ScanResult, params: dict) -> None:
     write_run_record(res.out_dir, 'scan', params, counts=res.counts,
                      faults=res.quarantine.fault.value_counts().to_dict())
 
-# %% ../nbs/20_scan.ipynb #6036f66d
+# %% ../nbs/20_scan.ipynb #42c9d178
 def scan(data_root: str | Path,  # AIHub tree holding train/ and val/
          out_dir: str | Path,  # receives inventory.parquet, quarantine.csv, run.json and the scan cache
          split: str = 'all',  # 'train', 'val' or 'all'
@@ -627,6 +635,7 @@ def scan(data_root: str | Path,  # AIHub tree holding train/ and val/
     "Scan the AIHub tree at `data_root` into an inventory of valid images and a quarantine of faults in `out_dir`."
     root, out_dir, workers = Path(data_root), Path(out_dir), workers or os.cpu_count() or 1
     check_scan_args(root, split, check)
+    check_out_dir(root, out_dir)
     files = walk_tree(root, SPLITS[split], workers, progress)
     image_files, label_files, faults = sort_files(files)
     images = image_table(only(image_files, ~image_files.mismatch))

@@ -17,12 +17,12 @@ from .manifest import read_manifest
 from .outputs import atomic_path, kst_now, write_json, write_run_record, write_text
 
 # %% auto #0
-__all__ = ['SPLITS', 'CONVERSION_COLUMNS', 'PILL_NAMES', 'LINKS', 'corners', 'coco_box', 'clip_box', 'yolo_line', 'pixel_box',
-           'parse_boxes', 'skip_reason', 'row_labels', 'manifest_data_root', 'detector_names', 'check_class_ids',
-           'prepare_out_dir', 'link_image', 'write_label', 'convert_split', 'conversion_report', 'warn_summary',
-           'write_data_yaml', 'coco_to_yolo', 'read_report', 'manifest_rows', 'image_of', 'check_label_file',
-           'read_names', 'validate_yolo', 'seeded_sample', 'labelled_items', 'draw_labelled_image', 'draw_boxes_grid',
-           'save_boxes_grid']
+__all__ = ['SPLITS', 'CONVERSION_COLUMNS', 'PILL_NAMES', 'OWNED', 'LINKS', 'corners', 'coco_box', 'clip_box', 'yolo_line',
+           'pixel_box', 'parse_boxes', 'skip_reason', 'row_labels', 'manifest_data_root', 'detector_names',
+           'check_class_ids', 'prepare_out_dir', 'link_image', 'write_label', 'convert_split', 'conversion_report',
+           'warn_summary', 'write_data_yaml', 'coco_to_yolo', 'read_report', 'manifest_rows', 'image_of',
+           'check_label_file', 'read_names', 'validate_yolo', 'seeded_sample', 'labelled_items', 'draw_labelled_image',
+           'draw_boxes_grid', 'save_boxes_grid']
 
 # %% ../nbs/40_yolo.ipynb #1c37d288
 def corners(box) -> list[float]:
@@ -129,16 +129,21 @@ def check_class_ids(df: pd.DataFrame, names: dict, path: Path):
     if unknown:
         raise ValueError(f'{path}: class ids {unknown[:10]} are not in class_mapping.json ({len(names)} classes)')
 
-# %% ../nbs/40_yolo.ipynb #c872fbe7
+# %% ../nbs/40_yolo.ipynb #6623fc13
+OWNED = '.pillsnap_yolo'  # marks a folder coco_to_yolo made, so a re-run may clear it
+
 def prepare_out_dir(out_dir: str | Path, data_root: Path) -> Path:
     "Check `out_dir` lies outside the data root, then give it empty split folders."
     out = Path(out_dir).expanduser().resolve()
     if out == data_root or data_root in out.parents:
         raise ValueError(f'Output folder {out} lies inside the data root {data_root}; '
                          'the original data is never written to')
-    if (out/'images').exists() and not (out/'conversion_report.json').exists():
-        raise FileExistsError(f'{out/"images"} exists but no conversion_report.json says coco_to_yolo wrote it; '
+    if (out/'images').exists() and not (out/OWNED).exists():
+        raise FileExistsError(f'{out/"images"} exists but was not written by coco_to_yolo; '
                               'choose another output folder or remove it')
+    out.mkdir(parents=True, exist_ok=True)
+    (out/OWNED).touch()
+    for name in ('conversion_report.json', 'data.yaml'): (out/name).unlink(missing_ok=True)  # a failed re-run must not look valid
     for split in SPLITS:
         for d in (out/'images'/split, out/'labels'/split):
             shutil.rmtree(d, ignore_errors=True)  # rmtree removes symlinks, never their targets
@@ -207,7 +212,7 @@ def write_data_yaml(out: Path, names: dict) -> Path:
     spec = dict(path=str(out), train='images/train', val='images/val', names=names)
     return write_text(out/'data.yaml', yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
 
-# %% ../nbs/40_yolo.ipynb #c2093200
+# %% ../nbs/40_yolo.ipynb #1d4ff0e1
 def coco_to_yolo(manifest_dir: str | Path,  # manifest_{train,val}.parquet, class_mapping.json, sampling_report.json
                  out_dir: str | Path,  # the YOLO data set folder (outside the data root)
                  data_root: str | Path | None = None,  # default: `data_root` of sampling_report.json
@@ -224,8 +229,8 @@ def coco_to_yolo(manifest_dir: str | Path,  # manifest_{train,val}.parquet, clas
     if per_code_classes:
         for s, df in tables.items(): check_class_ids(df, names, manifest_dir/f'manifest_{s}.parquet')
     out = prepare_out_dir(out_dir, root)
-    write_data_yaml(out, names)
     splits = {s: convert_split(tables[s], s, out, root, per_code_classes, include_singles, link) for s in SPLITS}
+    write_data_yaml(out, names)  # only after every label is written: a data.yaml marks a complete data set
     params = dict(manifest_dir=str(manifest_dir), out_dir=str(out), data_root=str(root),
                   per_code_classes=per_code_classes, include_singles=include_singles, link=link, seed=42)
     report = conversion_report(splits, params, names)

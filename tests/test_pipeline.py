@@ -39,11 +39,23 @@ def test_infeasible_mix_fails_with_the_numbers_and_writes_nothing(tmp_path, faul
 
 def test_dry_run_prints_the_report_and_writes_nothing(tmp_path, faulty_tree):
     run_cli('scan', '--data-root', faulty_tree.root, '--work-dir', tmp_path)
+    before = sorted(tmp_path.rglob('*'))
     res = run_cli('manifest', '--strategy', 'combo_light', '--samples', 40, '--classes', 6, '--dry-run',
                   '--work-dir', tmp_path)
     report = json.loads(res.stdout)
     assert report['strategy'] == 'combo_light' and report['achieved']['train+val']['total'] == 40
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['inventory']
+    assert sorted(tmp_path.rglob('*')) == before   # not even the class map
+
+
+def test_manifest_paths_stay_relative_to_the_scanned_root_and_an_empty_conversion_fails(tmp_path, faulty_tree):
+    elsewhere = tmp_path/'elsewhere'; elsewhere.mkdir()
+    run_cli('scan', '--data-root', faulty_tree.root, '--work-dir', tmp_path)
+    env = {'PATH': '/usr/bin:/bin', 'PILLSNAP_DATA_ROOT': str(elsewhere)}
+    run_cli('manifest', '--strategy', 'single_only', '--samples', 20, '--classes', 4, '--work-dir', tmp_path, env=env)
+    report = json.loads((tmp_path/'stage1'/'single_only'/'sampling_report.json').read_text())
+    assert report['data_root'] == str(faulty_tree.root.resolve())
+    res = run_cli('convert-yolo', '--manifest', tmp_path/'stage1'/'single_only', '--work-dir', tmp_path, check=False)
+    assert res.returncode == 2 and 'no image was converted' in res.stderr
 
 
 def test_yolo_labels_are_valid_and_ultralytics_trains_on_them(stage_dir, tmp_path):
