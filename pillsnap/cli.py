@@ -52,7 +52,7 @@ def run_scan(args):
     record_config(out, cfg)
     print(f'inventory: {len(res.inventory)} images, quarantine: {len(res.quarantine)} files -> {out}')
 
-# %% ../nbs/90_cli.ipynb #55345032
+# %% ../nbs/90_cli.ipynb #ef6afeac
 def manifest_dir(cfg) -> Path:
     "Default folder of a stage manifest: `work/stage{N}/{strategy}`."
     return cfg.work_dir/f'stage{cfg.stage}'/cfg.strategy
@@ -83,7 +83,7 @@ def run_convert_yolo(args):
     cfg = config_from(args)
     out = args.out or args.manifest/'yolo'
     rep = coco_to_yolo(args.manifest, out, data_root=cfg.data_root,
-                       per_code_classes=args.per_code_classes, include_singles=args.include_singles)
+                       per_code_classes=args.per_code_classes, include_singles=args.include_singles, seed=cfg.seed)
     record_config(out, cfg)
     print(json.dumps({k: rep[k] for k in ('images', 'boxes_written', 'success_rate', 'validation')}, indent=2))
     if not rep['images']: raise ValueError(f'no image was converted from {args.manifest}: {rep["reasons"]}')

@@ -295,7 +295,7 @@ def write_manifest(out_dir: Path, result: ManifestResult, class_map: ClassMap, p
     write_run_record(out_dir, 'manifest', params, outputs=files)
     return files + ['run.json']
 
-# %% ../nbs/32_manifest.ipynb #703a3c54
+# %% ../nbs/32_manifest.ipynb #716d74d8
 def build_manifest(inventory: pd.DataFrame | str | Path,  # inventory table or inventory.parquet
                    class_map: ClassMap,  # the global map (`ensure_class_map`)
                    stage: int = 1,  # sets the default samples and classes (`pillsnap.config.STAGES`)
@@ -329,6 +329,7 @@ def build_manifest(inventory: pd.DataFrame | str | Path,  # inventory table or i
     frames = {'train': manifest_table(inv.take(picked[split == 'train']), 'train', class_map),
               'val': manifest_table(inv.take(picked[split == 'val']), 'val', class_map),
               'test': manifest_table(inv.take(test), 'test', class_map)}
+    warns += [f'the {s} manifest is empty' for s in ('train', 'val') if frames[s].empty]
     report = sampling_report(params, plan, chosen, frames, class_map, warns)
     if warns: warnings.warn(f'manifest stage {stage} {strategy}: ' + '; '.join(warns))
     result = ManifestResult(**frames, report=report)

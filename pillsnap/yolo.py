@@ -212,13 +212,14 @@ def write_data_yaml(out: Path, names: dict) -> Path:
     spec = dict(path=str(out), train='images/train', val='images/val', names=names)
     return write_text(out/'data.yaml', yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
 
-# %% ../nbs/40_yolo.ipynb #1d4ff0e1
+# %% ../nbs/40_yolo.ipynb #8e033d38
 def coco_to_yolo(manifest_dir: str | Path,  # manifest_{train,val}.parquet, class_mapping.json, sampling_report.json
                  out_dir: str | Path,  # the YOLO data set folder (outside the data root)
                  data_root: str | Path | None = None,  # default: `data_root` of sampling_report.json
                  per_code_classes: bool = False,  # one detector class per K-code (global ids), else one class 'pill'
                  include_singles: bool = False,  # convert single-pill rows too, not only combinations
                  link: str = 'symlink',  # 'symlink' or 'hardlink'; images are never copied
+                 seed: int = 42,  # picks the images of the boxes grid
                 ) -> dict:
     "Convert the manifests' pixel COCO boxes into an ultralytics data set in `out_dir`; returns the conversion report."
     if link not in LINKS: raise ValueError(f'link must be one of {LINKS}, got {link!r}')
@@ -232,10 +233,10 @@ def coco_to_yolo(manifest_dir: str | Path,  # manifest_{train,val}.parquet, clas
     splits = {s: convert_split(tables[s], s, out, root, per_code_classes, include_singles, link) for s in SPLITS}
     write_data_yaml(out, names)  # only after every label is written: a data.yaml marks a complete data set
     params = dict(manifest_dir=str(manifest_dir), out_dir=str(out), data_root=str(root),
-                  per_code_classes=per_code_classes, include_singles=include_singles, link=link, seed=42)
+                  per_code_classes=per_code_classes, include_singles=include_singles, link=link, seed=seed)
     report = conversion_report(splits, params, names)
     report['validation'] = validate_yolo(out, manifest_dir, root)
-    if report['images']: report['boxes_grid'] = str(save_boxes_grid(out, manifest_dir))
+    if report['images']: report['boxes_grid'] = str(save_boxes_grid(out, manifest_dir, seed=seed))
     write_json(out/'conversion_report.json', report)
     write_run_record(out, 'convert-yolo', params, images=report['images'], boxes_written=report['boxes_written'])
     warn_summary(report, out/'conversion_report.json')
