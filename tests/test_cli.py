@@ -1,7 +1,6 @@
 """The `pillsnap` command end to end: help, configuration layers, and the same results as the Python API."""
 import json
 import pandas as pd
-import pytest
 from conftest import run_cli
 from pillsnap.scan import scan
 

@@ -1,7 +1,6 @@
 """The per-stage notebooks: one body, papermill parameters, and a run on the embedded synthetic data."""
 import json
 import nbformat
-import pytest
 from pathlib import Path
 
 NBS = Path(__file__).parent.parent/'nbs'
