@@ -193,10 +193,12 @@ def name_fields(codes: pd.Series, rest: pd.Series) -> pd.DataFrame:
     session = pa.array(['_'.join(r[:4]) for r in distinct], pa.large_string()).take(at)
     return pd.DataFrame({**dict(zip(NAME_FIELDS, ints.T)), 'group': str_series(join(codes, session, sep='_'))})
 
-# %% ../nbs/20_scan.ipynb #ddf1eba1
-FAULTS = ('corrupt_image', 'bad_json', 'bad_box', 'box_outside_image', 'missing_label', 'orphan_label',
+# %% ../nbs/20_scan.ipynb #492aab4d
+FAULTS = ('corrupt_image', 'bad_json', 'bad_box', 'box_outside_image', 'extra_box', 'missing_label', 'orphan_label',
           'missing_pill_label', 'code_mismatch', 'stray_file', 'bad_name')
-KEPT_FAULTS = ('box_outside_image',)  # the image stays in the inventory with its raw box; conversion clips it
+# The image stays in the inventory: conversion clips a box outside the image, and skips an image whose JSONs hold
+# more boxes than it has pills (each AIHub label JSON describes one pill).
+KEPT_FAULTS = ('box_outside_image', 'extra_box')
 QUARANTINE_COLUMNS = ['path', 'fault', 'message', 'action']
 
 def fault_rows(path: pd.Series, fault: str, message) -> pd.DataFrame:
@@ -460,7 +462,7 @@ def save_cache(out_dir: Path, old: pd.DataFrame, new: pd.DataFrame,
     keep = (is_in(old.path, walked) | outside) & ~is_in(old.path + old.what, new.path + new.what)
     return write_table(cache_frame(pd.concat([old[keep], new], ignore_index=True)), Path(out_dir)/CACHE_NAME)
 
-# %% ../nbs/20_scan.ipynb #fcd04769
+# %% ../nbs/20_scan.ipynb #16c147eb
 def box_text(b: pd.DataFrame) -> list[str]:
     "'box [x, y, w, h] of K-code' for each row of `b`."
     return [f'box [{x:g}, {y:g}, {w:g}, {h:g}] of {p}' for x, y, w, h, p in zip(b.x, b.y, b.w, b.h, b.pill.tolist())]
@@ -472,6 +474,7 @@ def label_faults(boxes: pd.DataFrame,  # box rows of the labels: `img`, `pill`, 
     bad_box = ok[(ok.w <= 0) | (ok.h <= 0)]
     ok = ok.drop(bad_box.index)
     out = ok[(ok.x < 0) | (ok.y < 0) | (ok.x + ok.w > ok.width) | (ok.y + ok.h > ok.height)]
+    extra = ok[ok.box > 0]
     def rows(b, fault, messages):
         fate = 'image kept' if fault in KEPT_FAULTS else 'image skipped'
         on = images.path.take(b.img).tolist()
@@ -480,7 +483,9 @@ def label_faults(boxes: pd.DataFrame,  # box rows of the labels: `img`, `pill`, 
                         rows(bad_box, 'bad_box', [f'{t} has a non-positive width or height'
                                                   for t in box_text(bad_box)]),
                         rows(out, 'box_outside_image', [f'{t} lies partly outside the {w:g}x{h:g} image'
-                                                        for t, w, h in zip(box_text(out), out.width, out.height)])])
+                                                        for t, w, h in zip(box_text(out), out.width, out.height)]),
+                        rows(extra, 'extra_box', [f'annotation {int(i) + 1} {t}: a label JSON describes one pill'
+                                                  for i, t in zip(extra.box, box_text(extra))])])
     return faults, pd.Index(bad_json.img).union(bad_box.img)
 
 # %% ../nbs/20_scan.ipynb #6f68c097

@@ -22,8 +22,8 @@ __all__ = ['FULL_SIZE', 'SHAPES', 'POLYGON_SIDES', 'COLOURS', 'BACKGROUNDS', 'LI
            'PillClass', 'k_codes', 'pill_look', 'edi_code', 'is_twinned', 'pill_class', 'pill_classes', 'imprint_font',
            'draw_shape', 'ink', 'draw_imprint', 'pill_sprite', 'Placement', 'Shot', 'single_shot', 'session_shots',
            'class_shots', 'combo_shot', 'combo_shots', 'pick_combos', 'fault_shot', 'fault_shots', 'truncate',
-           'flatten_box', 'plan_dataset', 'backdrop', 'lit', 'place', 'draw_shot', 'label_json', 'write_shot',
-           'SynthResult', 'image_table', 'fault_table', 'write_strays', 'check_synth_args', 'synth']
+           'flatten_box', 'add_box', 'plan_dataset', 'backdrop', 'lit', 'place', 'draw_shot', 'label_json',
+           'write_shot', 'SynthResult', 'image_table', 'fault_table', 'write_strays', 'check_synth_args', 'synth']
 
 # %% ../nbs/10_synth.ipynb #9eff3882
 FULL_SIZE = (976, 1280)  # width, height of a real AIHub image
@@ -252,13 +252,14 @@ def pick_combos(rng, n: int, pool: list[PillClass],
         if pills not in taken: taken.add(pills); combos.append(pills)
     return combos
 
-# %% ../nbs/10_synth.ipynb #40986b88
+# %% ../nbs/10_synth.ipynb #2b4c329f
 DAMAGES = {  # damage: (fault kind, the file the scanner reports, action)
     'truncated_png': ('corrupt_image', 'image', 'skipped'),
     'empty_png': ('corrupt_image', 'image', 'skipped'),
     'truncated_json': ('bad_json', 'label', 'skipped'),
     'flat_box': ('bad_box', 'label', 'skipped'),
     'box_outside': ('box_outside_image', 'label', 'kept'),
+    'second_box': ('extra_box', 'label', 'kept'),
     'no_label': ('missing_label', 'image', 'skipped'),
     'no_image': ('orphan_label', 'label', 'skipped'),
     'wrong_folder': ('code_mismatch', 'image', 'skipped'),
@@ -284,7 +285,7 @@ def fault_shots(rng, pool: list[tuple[PillClass, int]],  # (pill, folder) of the
     pills = pick_combos(rng, 1, [p for p, _ in pool], [], taken)[0]
     return shots + [combo_shot(rng, pills, 'train', 1, 90, 'no_pill_label')]
 
-# %% ../nbs/10_synth.ipynb #c1b4708b
+# %% ../nbs/10_synth.ipynb #264fe841
 def truncate(path: Path, keep: float = 0.5):
     "Cut the file at `path` to its first `keep` share of bytes."
     path.write_bytes(path.read_bytes()[:int(path.stat().st_size * keep)])
@@ -295,11 +296,18 @@ def flatten_box(path: Path):
     label['annotations'][0]['bbox'][3] = 0
     write_json(path, label)
 
+def add_box(path: Path):
+    "Give label `path` a second annotation (a copy of its box): one JSON, two boxes."
+    label = json.loads(path.read_text(encoding='utf-8'))
+    label['annotations'].append(dict(label['annotations'][0]))
+    write_json(path, label)
+
 SPOILERS = {  # damage: what to do to the written files of a shot
     'truncated_png': lambda root, s: truncate(root/s.image),
     'empty_png': lambda root, s: (root/s.image).write_bytes(b''),
     'truncated_json': lambda root, s: truncate(root/s.labels[0], 0.3),
     'flat_box': lambda root, s: flatten_box(root/s.labels[0]),
+    'second_box': lambda root, s: add_box(root/s.labels[0]),
     'no_label': lambda root, s: (root/s.labels[0]).unlink(),
     'copy_name': lambda root, s: (root/s.labels[0]).unlink(),
     'no_image': lambda root, s: (root/s.image).unlink(),
@@ -377,7 +385,7 @@ def write_shot(root: Path, shot: Shot, size: tuple[int, int]):
     for p, box, label in zip(shot.placements, boxes, shot.labels): write_json(root/label, label_json(shot, p, box, size))
     if shot.damage in SPOILERS: SPOILERS[shot.damage](root, shot)
 
-# %% ../nbs/10_synth.ipynb #ae2ec7d9
+# %% ../nbs/10_synth.ipynb #b84b680e
 @dataclass
 class SynthResult:
     "Where a synthetic data set was written, and what a correct scanner must find in it."
@@ -386,9 +394,9 @@ class SynthResult:
     faults: pd.DataFrame = field(repr=False)  # path, fault, action of every injected bad file
 
 def image_table(shots: list[Shot]) -> pd.DataFrame:
-    "The images a correct scanner keeps: clean samples and those with a box partly outside."
+    "The images a correct scanner keeps: clean samples, and those with a box partly outside or a second box."
     rows = [dict(path=s.image, split=s.split, kind=s.kind, codes='|'.join(sorted(p.pill.code for p in s.placements)),
-                 n_pills=len(s.placements), n_boxes=len(s.labels))
+                 n_pills=len(s.placements), n_boxes=len(s.labels) + (s.damage == 'second_box'))
             for s in shots if not s.damage or DAMAGES[s.damage][2] == 'kept']
     return pd.DataFrame(rows).sort_values('path', ignore_index=True)
 
