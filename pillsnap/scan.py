@@ -29,8 +29,8 @@ __all__ = ['UNIT_DEPTH', 'MIN_PARALLEL_UNITS', 'IMAGE_FOLDER', 'LABEL_FOLDER', '
            'label_fields', 'text', 'label_rows', 'read_labels', 'image_fault', 'check_images', 'run_chunked',
            'cache_frame', 'load_cache', 'stat_files', 'cache_hits', 'read_checked', 'save_cache', 'box_text',
            'label_faults', 'pill_lists', 'label_columns', 'label_paths', 'build_inventory', 'ScanResult', 'read_files',
-           'label_boxes', 'check_contents', 'fault_summary', 'box_frame', 'check_scan_args', 'check_out_dir',
-           'write_inventory', 'write_outputs', 'scan', 'read_inventory']
+           'label_boxes', 'size_mismatches', 'check_contents', 'fault_summary', 'box_frame', 'check_scan_args',
+           'check_out_dir', 'write_inventory', 'write_outputs', 'scan', 'read_inventory']
 
 # %% ../nbs/20_scan.ipynb #2d2a69db
 def arrow(values, type: pa.DataType) -> pa.Array:
@@ -193,9 +193,9 @@ def name_fields(codes: pd.Series, rest: pd.Series) -> pd.DataFrame:
     session = pa.array(['_'.join(r[:4]) for r in distinct], pa.large_string()).take(at)
     return pd.DataFrame({**dict(zip(NAME_FIELDS, ints.T)), 'group': str_series(join(codes, session, sep='_'))})
 
-# %% ../nbs/20_scan.ipynb #492aab4d
-FAULTS = ('corrupt_image', 'bad_json', 'bad_box', 'box_outside_image', 'extra_box', 'missing_label', 'orphan_label',
-          'missing_pill_label', 'code_mismatch', 'stray_file', 'bad_name')
+# %% ../nbs/20_scan.ipynb #89e23fe4
+FAULTS = ('corrupt_image', 'size_mismatch', 'bad_json', 'bad_box', 'box_outside_image', 'extra_box', 'missing_label',
+          'orphan_label', 'missing_pill_label', 'code_mismatch', 'stray_file', 'bad_name')
 # The image stays in the inventory: conversion clips a box outside the image, and skips an image whose JSONs hold
 # more boxes than it has pills (each AIHub label JSON describes one pill).
 KEPT_FAULTS = ('box_outside_image', 'extra_box')
@@ -370,17 +370,17 @@ def read_labels(root: str, paths: list[str]) -> list[tuple]:
     "`label_rows` of every JSON in `paths`."
     return [row for p in paths for row in label_rows(root, p)]
 
-# %% ../nbs/20_scan.ipynb #011f0b7b
-IMAGE_COLUMNS = ('path', 'fault', 'message')
+# %% ../nbs/20_scan.ipynb #37a74ab7
+IMAGE_COLUMNS = ('path', 'fault', 'message', 'width', 'height')
 
-def image_fault(path: str) -> tuple[str | None, str | None]:
-    "('corrupt_image', why) if the PNG at `path` is empty or Pillow cannot verify it, else (None, None)."
+def image_fault(path: str) -> tuple:
+    "('corrupt_image', why, None, None) if the PNG at `path` is empty or Pillow cannot verify it, else its size."
     try:
-        if os.path.getsize(path) == 0: return 'corrupt_image', 'zero-byte file'
-        with Image.open(path) as im: im.verify()
+        if os.path.getsize(path) == 0: return 'corrupt_image', 'zero-byte file', None, None
+        with Image.open(path) as im: size = im.size; im.verify()
     # Pillow raises OSError, SyntaxError, struct.error, … on broken files: any of them means the same
-    except Exception as e: return 'corrupt_image', f'Pillow cannot verify it as an image: {e}'
-    return None, None
+    except Exception as e: return 'corrupt_image', f'Pillow cannot verify it as an image: {e}', None, None
+    return None, None, *size
 
 def check_images(root: str, paths: list[str]) -> list[tuple]:
     "`IMAGE_COLUMNS` rows of the PNGs `paths` under `root`."
@@ -546,7 +546,7 @@ class ScanResult:
     out_dir: Path
     counts: dict = field(default_factory=dict)  # files, images, labels, …, json_read, images_verified
 
-# %% ../nbs/20_scan.ipynb #f39e4a67
+# %% ../nbs/20_scan.ipynb #af382499
 def read_files(root: Path, out_dir: Path, paths: dict,  # 'label' and/or 'image' → relative paths to read
                walked: pd.Series, tops: tuple[str, ...], workers: int, progress: bool) -> tuple[dict, dict]:
     "Cache-format rows of the files in `paths` through the cache in `out_dir`, and how many of each were read."
@@ -565,6 +565,18 @@ def label_boxes(needed: pd.DataFrame,  # (img, pill, label) pairs
     pair = needed.iloc[at[hit]]
     return rows.iloc[hit].rename(columns={'path': 'label'}).assign(img=pair.img.to_numpy(), pill=pair.pill.array)
 
+def size_mismatches(images: pd.DataFrame, boxes: pd.DataFrame,  # `image_table` rows and their label box rows
+                    pngs: pd.DataFrame,  # verified PNGs with their real `width` and `height`
+                   ) -> pd.DataFrame:
+    "`path` and `message` of the images whose label JSON gives another size than the PNG has: boxes would be misplaced."
+    said = boxes.dropna(subset=['width']).groupby('img')[['width', 'height']].first()
+    said.insert(0, 'path', images.path.take(said.index).to_numpy())
+    both = said.merge(pngs.dropna(subset=['width'])[['path', 'width', 'height']], on='path', suffixes=('', '_png'))
+    bad = both[(both.width != both.width_png) | (both.height != both.height_png)]
+    return pd.DataFrame({'path': bad.path.astype(str), 'message': [
+        f'the label JSON says {w:g}x{h:g} but the PNG is {pw:g}x{ph:g}'
+        for w, h, pw, ph in zip(bad.width, bad.height, bad.width_png, bad.height_png)]})
+
 def check_contents(root: Path, out_dir: Path, images: pd.DataFrame, pairs: pd.DataFrame,
                    drop: np.ndarray,  # images already out of the inventory: their files are not read
                    check: str, walked: pd.Series, tops: tuple[str, ...], workers: int, progress: bool):
@@ -573,11 +585,13 @@ def check_contents(root: Path, out_dir: Path, images: pd.DataFrame, pairs: pd.Da
     paths = {'label': needed.label} | ({'image': images.path[~drop]} if check == 'images' else {})
     rows, n_read = read_files(root, out_dir, paths, walked, tops, workers, progress)
     boxes = label_boxes(needed, rows['label'])
-    bad_png = rows.get('image', cache_frame()).query('fault.notna()')
+    pngs = rows.get('image', cache_frame())
+    bad_png, resized = pngs.query('fault.notna()'), size_mismatches(images, boxes, pngs)
     faults, bad_labels = label_faults(boxes, images)
-    drop = drop | is_in(images.path, bad_png.path)
+    drop = drop | is_in(images.path, bad_png.path) | is_in(images.path, resized.path)
     drop[bad_labels] = True
-    return (boxes, pd.concat([faults, fault_rows(bad_png.path, 'corrupt_image', bad_png.message)]), drop,
+    return (boxes, pd.concat([faults, fault_rows(bad_png.path, 'corrupt_image', bad_png.message),
+                              fault_rows(resized.path, 'size_mismatch', resized.message)]), drop,
             {'json_read': n_read['label'], 'images_verified': n_read.get('image', 0)})
 
 # %% ../nbs/20_scan.ipynb #fe590e1a

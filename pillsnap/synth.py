@@ -22,8 +22,9 @@ __all__ = ['FULL_SIZE', 'SHAPES', 'POLYGON_SIDES', 'COLOURS', 'BACKGROUNDS', 'LI
            'PillClass', 'k_codes', 'pill_look', 'edi_code', 'is_twinned', 'pill_class', 'pill_classes', 'imprint_font',
            'draw_shape', 'ink', 'draw_imprint', 'pill_sprite', 'Placement', 'Shot', 'single_shot', 'session_shots',
            'class_shots', 'combo_shot', 'combo_shots', 'pick_combos', 'fault_shot', 'fault_shots', 'truncate',
-           'flatten_box', 'add_box', 'plan_dataset', 'backdrop', 'lit', 'place', 'draw_shot', 'label_json',
-           'write_shot', 'SynthResult', 'image_table', 'fault_table', 'write_strays', 'check_synth_args', 'synth']
+           'flatten_box', 'double_size', 'add_box', 'plan_dataset', 'backdrop', 'lit', 'place', 'draw_shot',
+           'label_json', 'write_shot', 'SynthResult', 'image_table', 'fault_table', 'write_strays', 'check_synth_args',
+           'synth']
 
 # %% ../nbs/10_synth.ipynb #9eff3882
 FULL_SIZE = (976, 1280)  # width, height of a real AIHub image
@@ -252,7 +253,7 @@ def pick_combos(rng, n: int, pool: list[PillClass],
         if pills not in taken: taken.add(pills); combos.append(pills)
     return combos
 
-# %% ../nbs/10_synth.ipynb #2b4c329f
+# %% ../nbs/10_synth.ipynb #d9f94a17
 DAMAGES = {  # damage: (fault kind, the file the scanner reports, action)
     'truncated_png': ('corrupt_image', 'image', 'skipped'),
     'empty_png': ('corrupt_image', 'image', 'skipped'),
@@ -260,6 +261,7 @@ DAMAGES = {  # damage: (fault kind, the file the scanner reports, action)
     'flat_box': ('bad_box', 'label', 'skipped'),
     'box_outside': ('box_outside_image', 'label', 'kept'),
     'second_box': ('extra_box', 'label', 'kept'),
+    'wrong_size': ('size_mismatch', 'image', 'skipped'),
     'no_label': ('missing_label', 'image', 'skipped'),
     'no_image': ('orphan_label', 'label', 'skipped'),
     'wrong_folder': ('code_mismatch', 'image', 'skipped'),
@@ -285,7 +287,7 @@ def fault_shots(rng, pool: list[tuple[PillClass, int]],  # (pill, folder) of the
     pills = pick_combos(rng, 1, [p for p, _ in pool], [], taken)[0]
     return shots + [combo_shot(rng, pills, 'train', 1, 90, 'no_pill_label')]
 
-# %% ../nbs/10_synth.ipynb #264fe841
+# %% ../nbs/10_synth.ipynb #7b6c13f4
 def truncate(path: Path, keep: float = 0.5):
     "Cut the file at `path` to its first `keep` share of bytes."
     path.write_bytes(path.read_bytes()[:int(path.stat().st_size * keep)])
@@ -294,6 +296,12 @@ def flatten_box(path: Path):
     "Give the box of label `path` zero height."
     label = json.loads(path.read_text(encoding='utf-8'))
     label['annotations'][0]['bbox'][3] = 0
+    write_json(path, label)
+
+def double_size(path: Path):
+    "Make label `path` claim twice the real image size (as a label made for the full-size photo would)."
+    label = json.loads(path.read_text(encoding='utf-8'))
+    label['images'][0]['width'] *= 2; label['images'][0]['height'] *= 2
     write_json(path, label)
 
 def add_box(path: Path):
@@ -308,6 +316,7 @@ SPOILERS = {  # damage: what to do to the written files of a shot
     'truncated_json': lambda root, s: truncate(root/s.labels[0], 0.3),
     'flat_box': lambda root, s: flatten_box(root/s.labels[0]),
     'second_box': lambda root, s: add_box(root/s.labels[0]),
+    'wrong_size': lambda root, s: double_size(root/s.labels[0]),
     'no_label': lambda root, s: (root/s.labels[0]).unlink(),
     'copy_name': lambda root, s: (root/s.labels[0]).unlink(),
     'no_image': lambda root, s: (root/s.image).unlink(),
