@@ -55,7 +55,8 @@ def test_manifest_paths_stay_relative_to_the_scanned_root_and_an_empty_conversio
     report = json.loads((tmp_path/'stage1'/'single_only'/'sampling_report.json').read_text())
     assert report['data_root'] == str(faulty_tree.root.resolve())
     res = run_cli('convert-yolo', '--manifest', tmp_path/'stage1'/'single_only', '--work-dir', tmp_path, check=False)
-    assert res.returncode == 2 and 'no image was converted' in res.stderr
+    assert res.returncode == 2 and 'have no combination images to convert' in res.stderr
+    assert not (tmp_path/'stage1'/'single_only'/'yolo').exists()   # no data.yaml that would look like a data set
 
 
 def test_yolo_labels_are_valid_and_ultralytics_trains_on_them(stage_dir, tmp_path):
@@ -64,6 +65,8 @@ def test_yolo_labels_are_valid_and_ultralytics_trains_on_them(stage_dir, tmp_pat
     assert report['validation']['n_mismatch'] == 0 and report['success_rate'] == 1.0
     labels = list((yolo/'labels'/'train').glob('*.txt'))
     assert labels and all((yolo/'images'/'train'/f'{p.stem}.png').is_symlink() for p in labels)
+    from pillsnap.offline import configure_offline
+    configure_offline()  # an entry point: ultralytics must start offline (importing pillsnap sets nothing)
     from ultralytics import YOLO
     model = YOLO('yolo11n.yaml')
     model.train(data=str(yolo/'data.yaml'), epochs=1, imgsz=64, batch=4, workers=0, device='cpu', amp=False,
