@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from pillsnap.classmap import ClassMap
-from pillsnap.manifest import box_column, build_manifest
+from pillsnap.manifest import _box_column as box_column, build_manifest
 from pillsnap.outputs import kst_now, package_versions, write_text
 from pillsnap.split import group_split
 
