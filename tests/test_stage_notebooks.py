@@ -33,3 +33,13 @@ def test_papermill_runs_stage3_with_a_strategy_parameter(tmp_path):
     executed = nbformat.read(out, as_version=4)
     assert any('injected-parameters' in c.metadata.get('tags', []) for c in executed.cells)
     assert sum('image/png' in o.get('data', {}) for c in executed.cells for o in c.get('outputs', [])) >= 6
+
+
+def test_a_stage_notebook_honours_config_yaml_and_a_none_seed_keeps_a_seeded_manifest(tmp_path):
+    import papermill as pm
+    (tmp_path/'config.yaml').write_text('work_dir: w\nseed: 7\n')
+    pm.execute_notebook(str(NBS/'stage1.ipynb'), str(tmp_path/'out.ipynb'), parameters={'seed': None},
+                        kernel_name='python3', cwd=str(tmp_path), progress_bar=False)
+    report = json.loads((tmp_path/'w'/'stage1'/'single_only'/'sampling_report.json').read_text())
+    assert report['seed'] == 7                                   # config.yaml, not None and not the default
+    assert (tmp_path/'w'/'inventory'/'inventory.parquet').exists()   # a configured work folder is kept
