@@ -2,6 +2,7 @@
 import json
 import pandas as pd
 from conftest import run_cli
+from pillsnap.layout import file_stem, image_path
 from pillsnap.scan import scan
 
 COMMANDS = ('synth', 'scan', 'manifest', 'convert-yolo')
@@ -22,7 +23,9 @@ def test_scan_without_data_root_names_the_three_ways_to_set_it(tmp_path):
 
 
 def test_flag_beats_config_file_beats_environment_beats_default(tmp_path, faulty_tree):
-    empty = tmp_path/'empty'; empty.mkdir()
+    empty = tmp_path/'empty'  # a one-image tree: a scan refuses a root without any AIHub file
+    one = empty/image_path('train', ['K-000001'], file_stem('K-000001', (0, 0, 0, 0, 90, 0)))
+    one.parent.mkdir(parents=True); one.touch()
     (tmp_path/'config.yaml').write_text(f'data_root: {faulty_tree.root}\nseed: 7\n')
     env = {'PATH': '/usr/bin:/bin', 'PILLSNAP_DATA_ROOT': str(empty)}
 
