@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 def make_set(work: Path, classes: int, per_class: int, combos: int, scale: float) -> tuple[Path, dict]:
     "Synthetic tree -> scan -> class map -> Stage 3 max_combo manifest -> YOLO set; returns the manifest folder and counts."
     t0 = time.time()
+    if (work/'manifest'/'yolo'/'data.yaml').exists(): return work/'manifest', _counts(work, None, t0)  # reuse the set
     synth(work/'data', classes=classes, per_class=per_class, combos=combos, scale=scale, progress=False)
     scan(work/'data', work/'inventory', progress=False)
     cm = ensure_class_map(work/'inventory'/'inventory.parquet', work/'class_mapping.json')
@@ -27,11 +28,16 @@ def make_set(work: Path, classes: int, per_class: int, combos: int, scale: float
         warnings.simplefilter('ignore')
         res = build_manifest(work/'inventory'/'inventory.parquet', cm, stage=3, strategy='max_combo', samples=10 * combos,
                              classes=classes, out_dir=work/'manifest', data_root=work/'data', allow_shortfall=True)
-        rep = coco_to_yolo(work/'manifest', work/'manifest'/'yolo')
-    n = {s: len(list((work/'manifest'/'yolo'/'labels'/s).glob('*.txt'))) for s in ('train', 'val')}
-    boxes = {s: sum(len(p.read_text().splitlines()) for p in (work/'manifest'/'yolo'/'labels'/s).glob('*.txt')) for s in n}
-    return work/'manifest', dict(images=n, boxes=boxes, data_s=round(time.time() - t0, 1),
-                                 manifest_rows={s: len(getattr(res, s)) for s in ('train', 'val')})
+        coco_to_yolo(work/'manifest', work/'manifest'/'yolo')
+    return work/'manifest', _counts(work, res, t0)
+
+
+def _counts(work: Path, res, t0: float) -> dict:
+    "Images and boxes of the YOLO set's splits."
+    labels = {s: list((work/'manifest'/'yolo'/'labels'/s).glob('*.txt')) for s in ('train', 'val')}
+    return dict(images={s: len(v) for s, v in labels.items()},
+                boxes={s: sum(len(p.read_text().splitlines()) for p in v) for s, v in labels.items()},
+                data_s=round(time.time() - t0, 1))
 
 
 def main():
@@ -45,17 +51,18 @@ def main():
     ap.add_argument('--batch', type=int, default=16)
     ap.add_argument('--workers', type=int, default=2)
     ap.add_argument('--work', type=Path, default=None)
+    ap.add_argument('--run', default='run')
     a = ap.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix='pillsnap-tinydet-'))
     manifest, counts = make_set(work, a.classes, a.per_class, a.combos, a.scale)
     print('data', counts, flush=True)
     t0 = time.time()
-    res = DetectorTrainer(manifest, work/'run', profile='tiny', epochs=a.epochs, imgsz=a.imgsz, batch=a.batch,
+    res = DetectorTrainer(manifest, work/a.run, profile='tiny', epochs=a.epochs, imgsz=a.imgsz, batch=a.batch,
                           workers=a.workers).fit()
     train_s = time.time() - t0
-    ep = read_metrics(work/'run', 'epoch', 'detector')
+    ep = read_metrics(work/a.run, 'epoch', 'detector')
     first90 = ep[ep.map50 >= 0.9]
-    out = dict(synth=dict(classes=a.classes, per_class=a.per_class, combos=a.combos, scale=a.scale, seed=42),
+    out = dict(run=str(work/a.run), synth=dict(classes=a.classes, per_class=a.per_class, combos=a.combos, scale=a.scale, seed=42),
                data=counts, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, workers=a.workers, cpu_count=os.cpu_count(),
                train_wall_s=round(train_s, 1), mean_epoch_s=round(float(ep.epoch_time_s.mean()), 2),
                best_map50=float(ep.map50.max()), last_map50=float(ep.map50.iloc[-1]),
@@ -64,7 +71,7 @@ def main():
                wall_s_to_map50_0_9=None if first90.empty else round(float(ep.epoch_time_s[:first90.index[0] + 1].sum()), 1),
                curve=ep[['epoch', 'train_loss', 'map50', 'map50_95', 'precision', 'recall', 'epoch_time_s']].to_dict('records'))
     (REPO/'reports').mkdir(exist_ok=True)
-    (REPO/'reports'/'train_tiny_detector.json').write_text(json.dumps(out, indent=1, default=str))
+    (REPO/'reports'/f'train_tiny_detector_{a.imgsz}px_{a.epochs}ep.json').write_text(json.dumps(out, indent=1, default=str))
     print(json.dumps({k: v for k, v in out.items() if k != 'curve'}, indent=1, default=str))
 
 
