@@ -19,6 +19,8 @@ def test_a_few_detector_steps_write_step_and_epoch_records_and_weights(stage3_ma
     assert epochs.epoch.tolist() == [1]
     for k in ('map50', 'map50_95', 'precision', 'recall'): assert 0 <= epochs[k].iloc[0] <= 1
     assert json.loads((tmp_path/MODEL/'classes.json').read_text())['names'] == {'0': 'pill'}
+    est = read_metrics(tmp_path, 'event', MODEL).query('event == "estimate"')
+    assert len(est) == 1 and est.seconds.iloc[0] >= 0  # one time estimate, after the first timed steps
     assert detector_state(tmp_path).finished
 
 
@@ -33,7 +35,7 @@ def test_detector_stopped_after_an_epoch_resumes_to_the_planned_epochs(stage3_ma
     res = tr.fit()
     assert (res.stopped, res.epochs_done) == (False, 3) and detector_state(tmp_path).finished
     assert read_metrics(tmp_path, 'epoch', MODEL).epoch.tolist() == [1, 2, 3]
-    events = read_metrics(tmp_path, 'event', MODEL).event.tolist()
+    events = [e for e in read_metrics(tmp_path, 'event', MODEL).event if e != 'estimate']
     assert events == ['start', 'stop', 'resume', 'final_eval', 'done']
     assert DetectorTrainer(stage3_manifest, tmp_path, resume=True).fit().epochs_done == 3  # finished: not trained again
 
