@@ -66,3 +66,13 @@ def test_detector_killed_mid_run_resumes_from_its_last_epoch(stage3_manifest, tm
 
 def test_a_manifest_without_a_yolo_set_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match='convert the manifest first'): find_data_yaml(tmp_path)
+
+
+def test_a_per_code_detector_names_its_classes_by_k_code(stage3_manifest, tmp_path):
+    from pillsnap.yolo import coco_to_yolo
+    coco_to_yolo(stage3_manifest, tmp_path/'yolo_codes', per_code_classes=True)
+    tr = DetectorTrainer(tmp_path/'yolo_codes', tmp_path/'run', epochs=1, **FAST)
+    codes = {c['id']: c['code'] for c in json.loads((stage3_manifest/'class_mapping.json').read_text())['classes']}
+    assert tr.names == codes and all(v.startswith('K-') for v in tr.names.values())
+    tr._write_classes()
+    assert json.loads((tmp_path/'run'/MODEL/'classes.json').read_text())['names'] == {str(k): v for k, v in codes.items()}
