@@ -79,7 +79,7 @@ def main():
                wall_s_to_map50_0_9=None if first90.empty else round(float(ep.epoch_time_s[:first90.index[0] + 1].sum()), 1),
                curve=ep[['epoch', 'train_loss', 'map50', 'map50_95', 'precision', 'recall', 'epoch_time_s']].to_dict('records'))
     (REPO/'reports').mkdir(exist_ok=True)
-    (REPO/'reports'/f'train_tiny_detector_{a.imgsz}px_{a.epochs}ep.json').write_text(json.dumps(out, indent=1, default=str))
+    (REPO/'reports'/'train_tiny_detector.json').write_text(json.dumps(out, indent=1, default=str))
     print(json.dumps({k: v for k, v in out.items() if k != 'curve'}, indent=1, default=str))
 
 
