@@ -50,15 +50,15 @@ def test_resume_with_another_class_map_is_refused(stage3_manifest, tmp_path):
 SIGNALLED = '''
 import sys
 from pillsnap.train import train
-r = train(sys.argv[1], target='both', epochs=2, out=sys.argv[2], classifier_kw=dict(max_steps=2),
+r = train(sys.argv[1], target='both', order=sys.argv[3], epochs=2, out=sys.argv[2], classifier_kw=dict(max_steps=2),
           detector_kw=dict(imgsz=64, batch=8, workers=0), echo=False)
-print('STOPPED' if r.stopped else 'DONE')
+print('STOPPED' if r.stopped else 'DONE', r.classifier is not None and not r.classifier['done'])
 '''
 
 
-def test_sigterm_stops_cleanly_and_resume_finishes_the_unfinished_models(stage3_manifest, tmp_path):
-    run = tmp_path/'run'
-    proc = subprocess.Popen([sys.executable, '-c', SIGNALLED, str(stage3_manifest), str(run)],
+def sigterm_after_first_epoch(manifest, run, order: str) -> str:
+    "Run `train` in a child process, SIGTERM it once an epoch record is written; its last output line."
+    proc = subprocess.Popen([sys.executable, '-c', SIGNALLED, str(manifest), str(run), order],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -66,7 +66,20 @@ def test_sigterm_stops_cleanly_and_resume_finishes_the_unfinished_models(stage3_
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0 and out.strip().endswith('STOPPED')
+    assert proc.returncode == 0
+    return out.strip().splitlines()[-1]
+
+
+def test_sigterm_in_interleaved_order_stops_both_models_and_reports_the_classifier(stage3_manifest, tmp_path):
+    assert sigterm_after_first_epoch(stage3_manifest, tmp_path/'run', 'interleaved') == 'STOPPED True'
+    res = train(stage3_manifest, out=tmp_path/'run', resume=True, echo=False)
+    assert not res.stopped and res.classifier['done'] and res.detector['epochs_done'] == 2
+    assert epoch_models(tmp_path/'run').count('detector') == 2 and epoch_models(tmp_path/'run').count('classifier') == 2
+
+
+def test_sigterm_stops_cleanly_and_resume_finishes_the_unfinished_models(stage3_manifest, tmp_path):
+    run = tmp_path/'run'
+    assert sigterm_after_first_epoch(stage3_manifest, run, 'sequential').startswith('STOPPED')
     assert 'detector' not in epoch_models(run)  # stopped during the classifier: the detector never started
     assert 'SIGTERM' in read_metrics(run, 'event').get('signal', []).tolist()
     res = train(stage3_manifest, out=run, resume=True, echo=False)
