@@ -11,7 +11,7 @@ REPORTS = Path(__file__).resolve().parent.parent/'reports'
 TRAIN = '''
 import sys
 from pillsnap.train import train
-train(sys.argv[1], target='classifier', epochs=4, out=sys.argv[2], classifier_kw=dict(max_steps=3))
+train(sys.argv[1], target='classifier', epochs=3, out=sys.argv[2], classifier_kw=dict(max_steps=3))
 '''
 
 
@@ -131,6 +131,10 @@ def test_monitor_streams_a_real_training_run_to_a_headless_browser(stage3_manife
         assert re.search(r'GPU memory \(now / peak\) n/a / n/a', text), text  # a CPU run: not measured, not invented
         assert 'train classifier' in driver.find_element('id', 'lines').text  # the scroll-back for a late joiner
         assert not driver.find_element('id', 'crash').is_displayed()
+        assert not driver.find_element('id', 'readiness').is_displayed()  # no evaluation yet
+        (run/'readiness.json').write_text(json.dumps({'ready': False, 'gates': {'top1': {'value': 0.12, 'pass': False}}}))
+        _wait(driver, lambda d: d.find_element('id', 'readiness').is_displayed(), 30, 'the readiness panel')
+        assert 'ready: false' in driver.find_element('id', 'readiness').text
         REPORTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(REPORTS/'monitor.png'))
         assert (REPORTS/'monitor.png').stat().st_size > 10_000
