@@ -153,3 +153,40 @@ def test_monitor_streams_a_real_training_run_to_a_headless_browser(stage3_manife
         code = mon.stop()
     assert code == 0, ''.join(mon.output)
     assert (run/'classifier'/'last.pt').exists()
+
+
+def test_ctrl_c_is_forwarded_to_the_command_and_its_exit_code_returned():
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGINT, lambda *a: (print('saving last.pt', flush=True), sys.exit(5)))\n"
+             "print('ready', flush=True); time.sleep(120)")
+    mon = _Monitor('--', sys.executable, '-c', child)
+    from websockets.sync.client import connect
+    with connect(mon.url.replace('http://', 'ws://') + 'ws?token=' + mon.token, open_timeout=10) as ws:
+        seen, t0 = [], time.time()
+        while 'ready' not in seen and time.time() - t0 < 30:
+            m = json.loads(ws.recv(timeout=30)); seen += m.get('lines', [])
+    mon.proc.send_signal(2)
+    assert mon.proc.wait(30) == 5  # the command's own exit code, after it handled SIGINT
+    assert any('asking the training process to stop' in l for l in mon.output), mon.output
+
+
+def test_attach_to_a_run_folder_serves_its_log_and_metrics(tmp_path):
+    from pillsnap.runlog import RunLog
+    log = RunLog(tmp_path)
+    log.info('train classifier (sequential, profile tiny) on /m into /r')
+    log.write('step', model='classifier', epoch=0, step=1, loss=1.5, rss_mb=100.0)
+    mon = _Monitor('--attach', tmp_path)
+    from websockets.sync.client import connect
+    try:
+        with connect(mon.url.replace('http://', 'ws://') + 'ws?token=' + mon.token, open_timeout=10) as ws:
+            hello = json.loads(ws.recv(timeout=10))
+            assert hello['process']['state'] == 'attached' and hello['process']['run_dir'] == str(tmp_path)
+            lines, records = list(hello['lines']), (hello['metrics'] or {}).get('records', 0)
+            log.write('step', model='classifier', epoch=0, step=2, loss=1.0); log.info('epoch 0 done')
+            t0 = time.time()
+            while (records < 2 or not any('epoch 0 done' in l for l in lines)) and time.time() - t0 < 30:
+                m = json.loads(ws.recv(timeout=30))
+                lines += m.get('lines', []); records = m.get('metrics', {}).get('records', records)
+            assert any('train classifier' in l for l in lines) and any('epoch 0 done' in l for l in lines), lines
+            assert records == 2
+    finally: mon.stop()
