@@ -106,6 +106,16 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_usable(manifest, tm
     assert not list(out.glob('.*.tmp'))  # the resume cleared the half-written file
 
 
+def test_sigterm_saves_last_pt_mid_epoch_and_exits_0(manifest, tmp_path):
+    proc = _run(_script(manifest, tmp_path/'run', tmp_path/'cache', save_every=None), env={'PILLSNAP_DIAG_STEP_PAUSE': '0.3'})
+    _wait_for(lambda: len(_events(tmp_path/'run', 'estimate')), proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    ckpt = load_checkpoint(tmp_path/'run'/'classifier'/'last.pt')
+    assert ckpt['epoch'] == 0 and 0 < ckpt['batch_in_epoch'] < 4 and ckpt['step'] == ckpt['batch_in_epoch']
+    assert _events(tmp_path/'run', 'stop')
+
+
 def test_resume_with_another_class_map_is_refused(manifest, tmp_path):
     other = tmp_path/'m2'
     shutil.copytree(manifest, other)

@@ -19,6 +19,8 @@ def test_a_few_detector_steps_write_step_and_epoch_records_and_weights(stage3_ma
     assert epochs.epoch.tolist() == [1]
     for k in ('map50', 'map50_95', 'precision', 'recall'): assert 0 <= epochs[k].iloc[0] <= 1
     assert json.loads((tmp_path/MODEL/'classes.json').read_text())['names'] == {'0': 'pill'}
+    est = read_metrics(tmp_path, 'event', MODEL).query('event == "estimate"')
+    assert len(est) == 1 and est.seconds.iloc[0] >= 0  # one time estimate, after the first timed steps
     assert detector_state(tmp_path).finished
 
 
@@ -33,7 +35,7 @@ def test_detector_stopped_after_an_epoch_resumes_to_the_planned_epochs(stage3_ma
     res = tr.fit()
     assert (res.stopped, res.epochs_done) == (False, 3) and detector_state(tmp_path).finished
     assert read_metrics(tmp_path, 'epoch', MODEL).epoch.tolist() == [1, 2, 3]
-    events = read_metrics(tmp_path, 'event', MODEL).event.tolist()
+    events = [e for e in read_metrics(tmp_path, 'event', MODEL).event if e != 'estimate']
     assert events == ['start', 'stop', 'resume', 'final_eval', 'done']
     assert DetectorTrainer(stage3_manifest, tmp_path, resume=True).fit().epochs_done == 3  # finished: not trained again
 
@@ -64,3 +66,13 @@ def test_detector_killed_mid_run_resumes_from_its_last_epoch(stage3_manifest, tm
 
 def test_a_manifest_without_a_yolo_set_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match='convert the manifest first'): find_data_yaml(tmp_path)
+
+
+def test_a_per_code_detector_names_its_classes_by_k_code(stage3_manifest, tmp_path):
+    from pillsnap.yolo import coco_to_yolo
+    coco_to_yolo(stage3_manifest, tmp_path/'yolo_codes', per_code_classes=True)
+    tr = DetectorTrainer(tmp_path/'yolo_codes', tmp_path/'run', epochs=1, **FAST)
+    codes = {c['id']: c['code'] for c in json.loads((stage3_manifest/'class_mapping.json').read_text())['classes']}
+    assert tr.names == codes and all(v.startswith('K-') for v in tr.names.values())
+    tr._write_classes()
+    assert json.loads((tmp_path/'run'/MODEL/'classes.json').read_text())['names'] == {str(k): v for k, v in codes.items()}
