@@ -130,6 +130,8 @@ def test_monitor_streams_a_real_training_run_to_a_headless_browser(stage3_manife
         assert 'CPU RSS' in text and re.search(r'CPU RSS \d', text), text
         assert re.search(r'GPU memory \(now / peak\) n/a / n/a', text), text  # a CPU run: not measured, not invented
         assert 'train classifier' in driver.find_element('id', 'lines').text  # the scroll-back for a late joiner
+        system = driver.find_element('id', 'system')  # the process tree as measured by the monitor itself
+        assert float(system.get_attribute('data-rss')) > 50 and 'GPU memory (NVML) n/a' in system.text, system.text
         assert not driver.find_element('id', 'crash').is_displayed()
         assert not driver.find_element('id', 'readiness').is_displayed()  # no evaluation yet
         (run/'readiness.json').write_text(json.dumps({'ready': False, 'gates': {'top1': {'value': 0.12, 'pass': False}}}))
