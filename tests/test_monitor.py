@@ -138,6 +138,7 @@ def test_monitor_streams_a_real_training_run_to_a_headless_browser(stage3_manife
         _wait(driver, lambda d: d.find_element('id', 'readiness').is_displayed(), 30, 'the readiness panel')
         assert 'ready: false' in driver.find_element('id', 'readiness').text
         REPORTS.mkdir(exist_ok=True)
+        driver.set_window_size(1400, 1750); time.sleep(0.5)  # the whole page: log, values and curves
         driver.save_screenshot(str(REPORTS/'monitor.png'))
         assert (REPORTS/'monitor.png').stat().st_size > 10_000
 
