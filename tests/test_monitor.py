@@ -193,3 +193,24 @@ def test_attach_to_a_run_folder_serves_its_log_and_metrics(tmp_path):
             assert any('train classifier' in l for l in lines) and any('epoch 0 done' in l for l in lines), lines
             assert records == 2
     finally: mon.stop()
+
+
+def test_a_second_ctrl_c_kills_the_command_with_its_process_group():
+    import psutil
+    child = ("import signal, subprocess, sys, time\n"
+             "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"  # a command that does not stop on SIGINT
+             "w = subprocess.Popen(['sleep', '120'])\n"
+             "print('worker', w.pid, flush=True); time.sleep(120)")
+    mon = _Monitor('--', sys.executable, '-c', child)
+    from websockets.sync.client import connect
+    with connect(mon.url.replace('http://', 'ws://') + 'ws?token=' + mon.token, open_timeout=10) as ws:
+        seen, t0 = [], time.time()
+        while not any(l.startswith('worker') for l in seen) and time.time() - t0 < 30:
+            seen += json.loads(ws.recv(timeout=30)).get('lines', [])
+    worker = int(next(l for l in seen if l.startswith('worker')).split()[1])
+    mon.proc.send_signal(2); time.sleep(1.5)
+    assert mon.proc.poll() is None  # the first is ignored by this command
+    mon.proc.send_signal(2)
+    assert mon.proc.wait(30) == 128 + 9  # killed (SIGKILL), as a shell reports it
+    time.sleep(0.5)
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
