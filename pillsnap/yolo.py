@@ -20,8 +20,8 @@ from .work import WorkLayout
 
 # %% auto #0
 __all__ = ['CLIP_TOLERANCE_PX', 'SPLITS', 'PILL_NAMES', 'LINKS', 'corners', 'coco_box', 'clip_box', 'yolo_line', 'pixel_box',
-           'row_labels', 'YoloValidation', 'YoloConversion', 'coco_to_yolo', 'prepare_yolo', 'read_names',
-           'validate_yolo', 'labelled_items', 'draw_boxes_grid']
+           'row_labels', 'manifest_data_root', 'YoloValidation', 'YoloConversion', 'coco_to_yolo', 'prepare_yolo',
+           'read_names', 'validate_yolo', 'labelled_items', 'draw_boxes_grid']
 
 # %% ../nbs/40_yolo.ipynb #7e1a32ca
 def corners(box) -> list[float]:
@@ -104,7 +104,7 @@ def row_labels(row: dict,  # one manifest row
     return rec
 
 # %% ../nbs/40_yolo.ipynb #3cf57e98
-def _manifest_data_root(manifest_dir: str | Path, data_root: str | Path | None = None) -> Path:
+def manifest_data_root(manifest_dir: str | Path, data_root: str | Path | None = None) -> Path:
     "The data root the manifest paths are relative to: `data_root`, else `data_root` in sampling_report.json."
     if data_root is None:
         report = Path(manifest_dir)/'sampling_report.json'
@@ -309,7 +309,7 @@ def coco_to_yolo(manifest_dir: str | Path,  # manifest_{train,val}.parquet, clas
     "Convert the manifests' pixel COCO boxes into an ultralytics data set in `out_dir`."
     if link not in LINKS: raise ValueError(f'link must be one of {LINKS}, got {link!r}')
     manifest_dir = Path(manifest_dir).expanduser().resolve()
-    root = _manifest_data_root(manifest_dir, data_root)
+    root = manifest_data_root(manifest_dir, data_root)
     tables = {s: read_manifest(manifest_dir, s, _CONVERSION_COLUMNS) for s in SPLITS}
     names = _detector_names(manifest_dir, per_code_classes)
     if per_code_classes:
@@ -407,7 +407,7 @@ def validate_yolo(out_dir: str | Path,
     if manifest_dir is None:
         rep = _read_report(out)
         manifest_dir, data_root = rep['manifest_dir'], data_root or rep['data_root']
-    root, rows = _manifest_data_root(manifest_dir, data_root), _manifest_rows(Path(manifest_dir))
+    root, rows = manifest_data_root(manifest_dir, data_root), _manifest_rows(Path(manifest_dir))
     per_code = read_names(out) != PILL_NAMES
     mismatches, errors, n_checked = [], [], 0
     for split in SPLITS:
