@@ -7,13 +7,13 @@ DEMO   := work/demo
 PM     := $(BIN)/papermill --cwd nbs -k python3 --log-level WARNING
 DEMO_P := -p data_root $(CURDIR)/$(DEMO)/data -p work_dir $(CURDIR)/$(DEMO) -p check images
 
-.PHONY: install demo test clean
+.PHONY: install browser demo test clean
 
 install: $(STAMP)
 
 $(STAMP): setup.py settings.ini
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[notebooks,dev]'
+	$(BIN)/python -m pip install -e '.[notebooks,dev,serve]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (PillSnap)"
 	touch $(STAMP)
 
@@ -32,7 +32,12 @@ demo: install $(DEMO)/data/synth_images.csv
 $(DEMO)/data/synth_images.csv: | install
 	$(BIN)/pillsnap synth $(DEMO)/data --classes 30 --faults
 
-test: install
+# The monitor's browser test drives Debian's Chromium (no browser download is possible or wanted).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: install browser
 	$(BIN)/nbdev_test
 	$(BIN)/pytest -q tests
 
