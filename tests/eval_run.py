@@ -1,6 +1,6 @@
 """One tiny two-stage run (classifier + detector, trained with `pillsnap.train.train` on a synthetic Stage 3 set with
 plenty of combinations), built once per pytest session and shared by test_predict, test_evaluate and test_export."""
-import warnings
+import os, warnings
 from pathlib import Path
 import pytest
 from pillsnap.classmap import ensure_class_map
@@ -32,7 +32,9 @@ def build_run(root: Path) -> Path:
 @pytest.fixture(scope='session')
 def tiny_run(tmp_path_factory) -> Path:
     "The shared trained run folder (built on first use)."
-    if 'run' not in _RUN: _RUN['run'] = build_run(tmp_path_factory.mktemp('evalrun'))
+    if 'run' not in _RUN:
+        given = os.environ.get('PILLSNAP_EVAL_RUN')  # development: reuse a run folder built by build_run (it is written to)
+        _RUN['run'] = Path(given) if given else build_run(tmp_path_factory.mktemp('evalrun'))
     return _RUN['run']
 
 
