@@ -67,7 +67,9 @@ def main():
     path = split_files(run, 'test', a.mode)[0][0]
     data = path.read_bytes()
     from pillsnap.predict import TwoStagePredictor
+    load = os.getloadavg()
     pr = TwoStagePredictor(run)
+    n_classes = len(pr.codes)
     img = Image.open(io.BytesIO(data)).convert('RGB')
     pr.predict(img, mode=a.mode)  # warm-up
     direct = []
@@ -94,7 +96,8 @@ def main():
           f'A real uvicorn server (`pillsnap.serve.serve`, 1 inference worker, queue {a.requests + 8}, no rate limit) on '
           f'127.0.0.1; {a.requests} concurrent requests from one httpx AsyncClient; image `{path.name}` '
           f'({Image.open(path).size[0]}×{Image.open(path).size[1]}, {len(data):,} bytes), mode `{a.mode}`; '
-          f'tiny run (classifier + YOLO detector); {os.cpu_count()} CPU cores shared with the client.\n',
+          f'tiny run (classifier + YOLO detector, {n_classes} classes); {os.cpu_count()} CPU cores shared with the client '
+          f'(load average {load[0]:.1f} before the run: other jobs were running on this machine).\n',
           '| what | requests | p50 ms | p95 ms | req/s | failed |', '|---|---|---|---|---|---|']
     md += [f'| {w} | {n} | {p50:.1f} | {p95:.1f} | {t:.1f} | {f} |' for w, n, p50, p95, t, f in rows]
     md += ['', f'- failed requests: **{len(pf)}** of {a.requests} (asserted zero)',
