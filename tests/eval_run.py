@@ -1,0 +1,47 @@
+"""One tiny two-stage run (classifier + detector, trained with `pillsnap.train.train` on a synthetic Stage 3 set with
+plenty of combinations), built once per pytest session and shared by test_predict, test_evaluate and test_export."""
+import os, warnings
+from pathlib import Path
+import pytest
+from pillsnap.classmap import ensure_class_map
+from pillsnap.manifest import build_manifest, read_manifest
+from pillsnap.scan import scan
+from pillsnap.synth import synth
+from pillsnap.train import train
+from pillsnap.yolo import manifest_data_root
+
+SET = dict(classes=60, per_class=4, combos=240, scale=0.25)  # the set of bench/train_tiny_detector.py (mAP@0.5 0.99 at 15 epochs)
+TRAIN = dict(epochs=4, detector_epochs=15, workers=0, echo=False,
+             classifier_kw=dict(max_steps=25), detector_kw=dict(imgsz=128, batch=16))
+_RUN = {}
+
+
+def build_run(root: Path) -> Path:
+    "Synthetic tree → scan → class map → Stage 3 max_combo manifest → tiny classifier + detector run; the run folder."
+    synth(root/'data', **SET, progress=False)
+    scan(root/'data', root/'inv', progress=False, workers=1)
+    cm = ensure_class_map(root/'inv'/'inventory.parquet', root/'class_mapping.json')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        build_manifest(root/'inv'/'inventory.parquet', cm, stage=3, strategy='max_combo', samples=2400,
+                       classes=SET['classes'], allow_shortfall=True, out_dir=root/'manifest', data_root=root/'data')
+    train(root/'manifest', out=root/'run', **TRAIN)
+    return root/'run'
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory) -> Path:
+    "The shared trained run folder (built on first use)."
+    if 'run' not in _RUN:
+        given = os.environ.get('PILLSNAP_EVAL_RUN')  # development: reuse a run folder built by build_run (it is written to)
+        _RUN['run'] = Path(given) if given else build_run(tmp_path_factory.mktemp('evalrun'))
+    return _RUN['run']
+
+
+def split_files(run: Path, split: str, kind: str):
+    "(absolute paths, manifest rows) of one kind of image in a split of the run's manifest."
+    m = run.parent/'manifest'
+    df = read_manifest(m, split)
+    df = df[df.kind == kind].reset_index(drop=True)
+    root = manifest_data_root(m)
+    return [root/p for p in df.path], df
