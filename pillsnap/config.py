@@ -23,7 +23,7 @@ class Profile(BaseModel):
     batch_size: int
 
 PROFILES = {
-    'tiny':  Profile(classifier='test_efficientnet', detector='yolo11n.yaml', img_size=64, batch_size=16),
+    'tiny':  Profile(classifier='test_efficientnet', detector='yolo11n.yaml', img_size=96, batch_size=16),
     'small': Profile(classifier='tf_efficientnetv2_s', detector='yolo11m.yaml', img_size=224, batch_size=64),
     'large': Profile(classifier='tf_efficientnetv2_l', detector='yolo11x.yaml', img_size=384, batch_size=32),
 }
