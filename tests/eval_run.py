@@ -11,8 +11,8 @@ from pillsnap.train import train
 from pillsnap.yolo import manifest_data_root
 
 SET = dict(classes=60, per_class=4, combos=240, scale=0.25)  # the set of bench/train_tiny_detector.py (mAP@0.5 0.99 at 15 epochs)
-TRAIN = dict(epochs=4, detector_epochs=15, workers=0, echo=False,
-             classifier_kw=dict(max_steps=25), detector_kw=dict(imgsz=128, batch=16))
+TRAIN = dict(epochs=2, detector_epochs=15, workers=0, echo=False,
+             classifier_kw=dict(max_steps=20), detector_kw=dict(imgsz=128, batch=16))
 _RUN = {}
 
 

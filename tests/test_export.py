@@ -40,7 +40,7 @@ def test_an_altered_onnx_graph_fails_parity(tiny_run, exported, tmp_path):
 
 def test_predictor_on_onnx_matches_pytorch(tiny_run, exported):
     files, df = split_files(tiny_run, 'test', 'combo')
-    pt = TwoStagePredictor(tiny_run).predict(files[:3], mode='combo')
-    ox = TwoStagePredictor(classifier=exported.classifier, detector=exported.detector).predict(files[:3], mode='combo')
+    pt = TwoStagePredictor(tiny_run).predict(files[:3], mode='combo', conf=0.5)
+    ox = TwoStagePredictor(classifier=exported.classifier, detector=exported.detector).predict(files[:3], mode='combo', conf=0.5)
     assert [len(p.pills) for p in ox] == df.n_pills[:3].tolist()
     assert [[q.code for q in p.pills] for p in ox] == [[q.code for q in p.pills] for p in pt]
