@@ -24,7 +24,7 @@ demo: install $(DEMO)/data/synth_images.csv
 	mkdir -p reports/demo
 	$(PM) nbs/stage1.ipynb reports/demo/stage1.ipynb $(DEMO_P) -p strategy single_only -p samples 240 -p classes 20 -p epochs 3
 	$(PM) nbs/stage2.ipynb reports/demo/stage2.ipynb $(DEMO_P) -p strategy combo_light -p samples 300 -p classes 24 -p epochs 3
-	$(PM) nbs/stage3.ipynb reports/demo/stage3.ipynb $(DEMO_P) -p strategy max_combo -p samples 300 -p classes 28 -p epochs 4
+	$(PM) nbs/stage3.ipynb reports/demo/stage3.ipynb $(DEMO_P) -p strategy max_combo -p samples 300 -p classes 28 -p epochs None
 	$(PM) nbs/stage4.ipynb reports/demo/stage4.ipynb $(DEMO_P) -p strategy balanced -p samples 400 -p epochs 2
 	$(BIN)/jupyter nbconvert --to html --no-input reports/demo/stage*.ipynb
 	@echo "Reports: reports/demo/stage{1,2,3,4}.html"
