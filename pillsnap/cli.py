@@ -278,13 +278,51 @@ def _serve_parser(sub):
     p.add_argument('--rate-limit', type=float, default=10.0, help='requests per second per key (default 10)')
     p.set_defaults(func=_run_serve)
 
+# %% ../nbs/90_cli.ipynb #afb8fda5
+def _print_advice(advice, written=None):
+    for a in advice:
+        print(f'{a.rank}. [{a.model}] {a.title}\n   why: {a.reason}\n   numbers: {json.dumps(a.evidence, default=str)}'
+              + (f'\n   next run: {json.dumps(a.changes)}' if a.changes else ''))
+    if not advice: print('no recommendation: nothing in the log calls for a change')
+    if written: print(f'option written to {written}; pass it with: pillsnap train --config {written} (see its header)')
+
+def _run_advise(args):
+    from pillsnap.advise import advise, write_advice
+    res = advise(args.run_dir)
+    _print_advice(res, write_advice(args.run_dir, res, args.write, args.out) if args.write is not None else None)
+
+def _advise_parser(sub):
+    p = sub.add_parser('advise', help="ranked recommendations for the next run from a run's metrics and this machine")
+    p.add_argument('run_dir', type=Path, help='a training run folder (pillsnap train --out)')
+    p.add_argument('--write', type=int, metavar='N', help='write option N as a config file for the next run')
+    p.add_argument('--out', type=Path, help='file for --write (default: RUN_DIR/advice-N.yaml)')
+    p.set_defaults(func=_run_advise)
+
+def _run_estimate(args):
+    from pillsnap.advise import estimate
+    e = estimate(args.stage, args.profile, img_s=args.img_s, run_dir=args.run)
+    print(f'throughput: {e.img_s:.2f} img/s ({e.basis})')
+    print(e.table.to_string(index=False))
+    print(f'stage {e.stage}, profile {e.profile}: about {e.hours:.1f} h of classifier training')
+
+def _estimate_parser(sub):
+    from pillsnap.config import PROFILES, PROFILE_ALIASES
+    p = sub.add_parser('estimate', help='classifier training time of the four stages from a measured or given throughput')
+    p.add_argument('--stage', type=int, choices=tuple(STAGES), required=True)
+    p.add_argument('--profile', choices=(*PROFILES, *PROFILE_ALIASES), required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument('--img-s', type=float, help='training images per second at the profile')
+    g.add_argument('--run', type=Path, help='a run whose measured throughput is used (scaled by FLOPs to the profile)')
+    p.set_defaults(func=_run_estimate)
+
 # %% ../nbs/90_cli.ipynb #abf399cf
 def build_parser() -> argparse.ArgumentParser:
     "The `pillsnap` argument parser with every subcommand."
     parser = argparse.ArgumentParser(prog='pillsnap', description='PillSnap: Korean pill recognition on the AIHub data set.')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     for add in (_synth_parser, _scan_parser, _manifest_parser, _convert_yolo_parser, _cache_parser, _train_parser,
-                _monitor_parser, _predict_parser, _evaluate_parser, _readiness_parser, _export_parser, _serve_parser):
+                _monitor_parser, _predict_parser, _evaluate_parser, _readiness_parser, _export_parser, _serve_parser,
+                _advise_parser, _estimate_parser):
         add(sub)
     return parser
 
