@@ -88,6 +88,8 @@ def test_no_synthetic_image_in_val_or_test_manifests(work):
     train, val, test = (read_manifest(m, s) for s in ('train', 'val', 'test'))
     assert train.synthetic.sum() > 0 and set(train.path[train.synthetic]) <= synthetic
     for df in (val, test): assert not df.synthetic.any() and not set(df.path) & synthetic
+    made_from = set(read_synth_combos(work/'synth_combos').set_index('path').sources[train.path[train.synthetic]].str.split('|').explode())
+    assert made_from and not made_from & (set(val.path) | set(test.path))  # no pill or background of a held-out image
     report = json.loads((m/'sampling_report.json').read_text())
     src = report['combo_sources']
     assert src['synthetic'] == train.synthetic.sum() and src['real']['val'] == (val.kind == 'combo').sum()
