@@ -194,6 +194,36 @@ def _monitor_parser(sub):
     p = sub.add_parser('monitor', help='live browser dashboard of a training command (after --) or a run (--attach)')
     add_arguments(p); p.set_defaults(func=_run_monitor)
 
+# %% ../nbs/90_cli.ipynb #ab05ae21
+def _pill_range(text: str) -> tuple[int, int]:
+    "'2-6' -> (2, 6); '3' -> (3, 3)."
+    low, _, high = text.partition('-')
+    try: return int(low), int(high or low)
+    except ValueError: raise argparse.ArgumentTypeError(f'--pills takes LOW-HIGH, e.g. 2-6, not {text!r}') from None
+
+def _run_synth_combos(args):
+    from pillsnap.outputs import record_config
+    from pillsnap.synthcombo import synth_combos
+    cfg = _config_from(args)
+    out = args.out or WorkLayout.of(cfg).synth_combos
+    res = synth_combos(_manifest_of(args, cfg), args.count, out, pills=args.pills, overlap=args.overlap,
+                       min_visible=args.min_visible, seed=cfg.seed, data_root=args.data_root)
+    record_config(out, cfg)
+    print(f'{res!r}; {len(res.skipped)} source images skipped (run.json lists them)')
+
+def _synth_combos_parser(sub):
+    from pillsnap.synthcombo import synth_combos
+    d = _defaults(synth_combos)
+    p = sub.add_parser('synth-combos', help='compose combination images from single-pill train images (copy-paste)')
+    _add_manifest(p); _add_data_root(p)
+    p.add_argument('--count', type=int, required=True, help='images to write')
+    p.add_argument('--out', type=Path, help='output folder (default: WORK_DIR/synth_combos)')
+    p.add_argument('--pills', type=_pill_range, default=d['pills'], help='pills per image, LOW-HIGH (default 2-6)')
+    p.add_argument('--overlap', type=float, default=d['overlap'], help=f'max box IoU of two pills (default {d["overlap"]})')
+    p.add_argument('--min-visible', type=float, default=d['min_visible'],
+                   help=f'min share of each pill left in view (default {d["min_visible"]})')
+    _add_common(p); p.set_defaults(func=_run_synth_combos)
+
 # %% ../nbs/90_cli.ipynb #6ce4a80d
 def _run_predict(args) -> int:
     from pillsnap.predict import predict
@@ -321,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='pillsnap', description='PillSnap: Korean pill recognition on the AIHub data set.')
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     for add in (_synth_parser, _scan_parser, _manifest_parser, _convert_yolo_parser, _cache_parser, _train_parser,
-                _monitor_parser, _predict_parser, _evaluate_parser, _readiness_parser, _export_parser, _serve_parser,
-                _advise_parser, _estimate_parser):
+                _monitor_parser, _synth_combos_parser, _predict_parser, _evaluate_parser, _readiness_parser,
+                _export_parser, _serve_parser, _advise_parser, _estimate_parser):
         add(sub)
     return parser
 

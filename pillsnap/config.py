@@ -41,7 +41,7 @@ STAGES = {1: StagePlan(samples=5_000, classes=50, profile='small'),
 
 PROFILE_ALIASES = {'s': 'small', 'l': 'large'}  # the short names the training issue uses (tiny | s | l)
 
-STRATEGIES = ('single_only', 'max_combo', 'balanced', 'combo_light', 'target')
+STRATEGIES = ('single_only', 'max_combo', 'balanced', 'combo_light', 'target', 'synth_combo')
 
 # %% ../nbs/01_config.ipynb #e5fabfd2
 class Config(BaseModel):
@@ -54,7 +54,7 @@ class Config(BaseModel):
     strategy: Literal[STRATEGIES] = 'single_only'
     samples: int | None = Field(None, gt=0)  # None: the stage default
     classes: int | None = Field(None, gt=0)  # None: the stage default
-    single_ratio: float | None = Field(None, ge=0, le=1)  # only for strategy `target`
+    single_ratio: float | None = Field(None, ge=0, le=1)  # only for strategies `target` and `synth_combo` (default 0.6)
     val_fraction: float = Field(0.15, gt=0, lt=1)  # share of groups held out from train/ for validation
     profile: Literal[tuple(PROFILES)] | None = None  # None: the stage default
     workers: int = Field(max(1, os.cpu_count() or 1), ge=1)
@@ -66,8 +66,8 @@ class Config(BaseModel):
 
     @model_validator(mode='after')
     def ratio_needs_target(self):
-        if self.single_ratio is not None and self.strategy != 'target':
-            raise ValueError(f'single_ratio is only used by strategy "target", not "{self.strategy}"')
+        if self.single_ratio is not None and self.strategy not in ('target', 'synth_combo'):
+            raise ValueError(f'single_ratio is only used by strategy "target" (or "synth_combo"), not "{self.strategy}"')
         return self
 
     @property

@@ -37,6 +37,8 @@ class WorkLayout:
     @property
     def synthetic(self) -> Path: return self.root/'synthetic'  # the embedded synthetic tree of the stage notebooks
     @property
+    def synth_combos(self) -> Path: return self.root/'synth_combos'  # `pillsnap synth-combos` output (strategy synth_combo)
+    @property
     def cache(self) -> Path: return self.root/'cache'
     def run(self, name: str) -> Path:
         "Folder of one training or evaluation run."
