@@ -59,6 +59,7 @@ class Config(BaseModel):
     profile: Literal[tuple(PROFILES)] | None = None  # None: the stage default
     workers: int = Field(max(1, os.cpu_count() or 1), ge=1)
     gates: dict[str, float] | dict[int, dict[str, float]] | None = None  # stage-gate overrides (`pillsnap.evaluate.GATES`)
+    resize: str | None = Field(None, pattern=r'^\d+:\d+(:(linear|exponential|cosine|step))?$')  # START:END[:CURVE] (pillsnap.scale)
 
     @field_validator('profile', mode='before')
     @classmethod
