@@ -26,7 +26,7 @@ def build_openset_run(root: Path) -> Path:
         build_manifest(root/'inv'/'inventory.parquet', cm, stage=1, strategy='single_only', samples=600, classes=12,
                        allow_shortfall=True, out_dir=root/'manifest', data_root=root/'data')
     h = holdout_manifest(root/'manifest', root/'manifest_holdout', classes=3)
-    train(h.manifest, out=root/'run', target='classifier', epochs=4, workers=0, echo=False)
+    train(h.manifest, out=root/'run', target='classifier', epochs=10, workers=0, echo=False, classifier_kw=dict(batch_size=8))
     calibrate(root/'run', target_far=0.1)
     return root/'run'
 
