@@ -291,7 +291,8 @@ def _run_holdout(args):
 
 def _run_openset(args):
     from pillsnap.openset import calibrate, evaluate_openset
-    r = calibrate(args.run, split=args.split, target_far=args.target_far, score=args.score, seed=_config_from(args).seed)
+    r = calibrate(args.run, split=args.split, target_far=args.target_far, score=args.score, crop=args.crop,
+                  seed=_config_from(args).seed)
     auc = lambda v: '—' if v is None else f'{v:.3f}'
     print(f"{r['score']} score, temperature {r['temperature']:.3f}, threshold {r['threshold']:.4f} for FAR {r['target_far']:.0%} "
           f"({r['split']}, negatives: {r['negatives']}); AUROC {auc(r['auroc'])} -> {Path(args.run)/'openset.json'}")
@@ -302,7 +303,7 @@ def _run_openset(args):
 
 def _run_lookalike(args):
     from pillsnap.lookalike import lookalike_report
-    rep = lookalike_report(args.run, split=args.split, pairs=args.pairs, out=args.out)
+    rep = lookalike_report(args.run, split=args.split, pairs=args.pairs, out=args.out, crop=args.crop)
     print(f"{len(rep['pairs'])} look-alike pairs -> {rep['markdown']}")
 
 def _holdout_parser(sub):
@@ -318,6 +319,8 @@ def _openset_parser(sub):
     p.add_argument('--split', choices=('val', 'test'), default='val', help='split to fit on (default val)')
     p.add_argument('--target-far', type=float, default=0.05, help='false-accept rate of the threshold (default 0.05)')
     p.add_argument('--score', choices=('msp', 'energy'), help='rejection score (default: the higher AUROC)')
+    p.add_argument('--crop', choices=('predict', 'label'), default='predict',
+                   help="'predict': crops as predict makes them (default); 'label': the labelled pill box (classifier alone)")
     p.add_argument('--eval-split', choices=('val', 'test', ''), default='test', help="split to evaluate on ('' : none)")
     _add_common(p); p.set_defaults(func=_run_openset)
 
@@ -327,6 +330,8 @@ def _lookalike_parser(sub):
     p.add_argument('--split', choices=('val', 'test'), default='val')
     p.add_argument('--pairs', type=int, default=5, help='pairs in the report (default 5)')
     p.add_argument('--out', type=Path, help='report folder (default RUN/lookalike)')
+    p.add_argument('--crop', choices=('predict', 'label'), default='predict',
+                   help="'predict': crops as predict makes them (default); 'label': the labelled pill box")
     _add_common(p); p.set_defaults(func=_run_lookalike)
 
 # %% ../nbs/90_cli.ipynb #df9e3d12

@@ -82,27 +82,30 @@ def plot_pair(pair: dict, crops: dict, cams: dict, tc: dict):
     return fig
 
 # %% ../nbs/85_lookalike.ipynb #fd637f6d
-def _pass(pr, known: pd.DataFrame, pairs: int, batch: int) -> tuple[list, np.ndarray, np.ndarray]:
-    "(most-confused pairs, crops, logits) of the known images of a split."
+def _pass(pr, known: pd.DataFrame, pairs: int, batch: int, crop: str = 'predict') -> tuple[list, np.ndarray, np.ndarray]:
+    "(most-confused pairs, labels, logits) of the known images of a split."
     from pillsnap.evaluate import classification_metrics
-    from pillsnap.openset import crop_logits
+    from pillsnap.openset import _logits
     from pillsnap.predict import _softmax
     index = {c: i for i, c in enumerate(pr.codes)}
     y = np.array([index.get(c, -1) for c in known.code])
-    z = crop_logits(pr, known.path.tolist(), batch)
+    z = _logits(pr, known, crop, batch)
     return classification_metrics(y, _softmax(z), pr.classifier.classes, pairs)['confused_pairs'], y, z
 
-def _example(pr, known: pd.DataFrame, y: np.ndarray, z: np.ndarray, true: int, pred: int) -> np.ndarray:
+def _example(pr, known: pd.DataFrame, y: np.ndarray, z: np.ndarray, true: int, pred: int, crop: str = 'predict') -> np.ndarray:
     "The crop of the first image of class `true` the classifier called `pred` (or of class `true` at all)."
     from PIL import Image
+    from pillsnap.openset import _label_crops
     hit = np.where((y == true) & (z.argmax(1) == pred))[0]
     i = hit[0] if len(hit) else np.where(y == true)[0][0]
-    return pr.crops([(known.path.iloc[i], Image.open(known.path.iloc[i]).convert('RGB'))], 'single')[1][0]
+    named = [(known.path.iloc[i], Image.open(known.path.iloc[i]).convert('RGB'))]
+    return (pr.crops(named, 'single')[1] if crop == 'predict' else _label_crops(pr, named, [known.box.iloc[i]]))[0]
 
 def lookalike_report(run,  # a run folder with a PyTorch classifier
                      split: str = 'val', pairs: int = 5,
                      out=None,  # report folder; None: RUN/lookalike
                      inventory=None,  # inventory.parquet for the labels; None: found from the manifest
+                     crop: str = 'predict',  # 'predict': crops as predict makes them; 'label': the labelled pill box
                      batch: int = 32) -> dict:
     "The most-confused pairs of a split with labels, example crops and Grad-CAM: pair_*.png, lookalike.md/.json."
     from pillsnap.evaluate import run_manifest
@@ -112,17 +115,17 @@ def lookalike_report(run,  # a run folder with a PyTorch classifier
     pr = TwoStagePredictor(run)
     if not hasattr(pr.classifier, 'model'): raise ValueError(f'{pr.classifier.path}: Grad-CAM needs a PyTorch checkpoint, not ONNX')
     known, _ = split_images(run, split)
-    found, y, z = _pass(pr, known, pairs, batch)
+    found, y, z = _pass(pr, known, pairs, batch, crop)
     labels = class_labels(sorted({p[k] for p in found for k in ('true', 'predicted')}),
                           _inventory_of(run_manifest(run), inventory), run/'class_mapping.json').set_index('code')
     index = {c: i for i, c in enumerate(pr.codes)}
     for n, p in enumerate(found):
-        crops = {s: _example(pr, known, y, z, index[p[s]], index[p['predicted']]) for s in ('true', 'predicted')}
+        crops = {s: _example(pr, known, y, z, index[p[s]], index[p['predicted']], crop) for s in ('true', 'predicted')}
         cams = dict(zip(crops, gradcam(pr.classifier.model, np.stack(list(crops.values())), [index[p['predicted']]] * 2)))
         p.update({f'{s}_labels': labels.loc[p[s]].to_dict() for s in crops}, **{f'{s}_centre_share': centre_share(cams[s]) for s in cams})
         p['figure'] = f'pair_{n + 1}.png'
         plot_pair(p, crops, cams, pr.classifier.transform_cfg).savefig(out/p['figure'], dpi=100)
-    rep = dict(run=str(run), split=split, created_at=kst_now(), pairs=found, markdown=str(out/'lookalike.md'))
+    rep = dict(run=str(run), split=split, crop=crop, created_at=kst_now(), pairs=found, markdown=str(out/'lookalike.md'))
     write_json(out/'lookalike.json', rep); write_text(out/'lookalike.md', lookalike_markdown(rep))
     return rep
 
