@@ -11,7 +11,7 @@ import pandas as pd
 from .outputs import kst_now, write_json, write_text
 
 # %% auto #0
-__all__ = ['LABEL_FIELDS', 'last_conv', 'gradcam', 'centre_share', 'class_labels', 'plot_pair', 'lookalike_report',
+__all__ = ['LABEL_FIELDS', 'LABELS_EN', 'last_conv', 'gradcam', 'centre_share', 'class_labels', 'plot_pair', 'lookalike_report',
            'lookalike_markdown']
 
 # %% ../nbs/85_lookalike.ipynb #4b55d74e
@@ -63,6 +63,17 @@ def class_labels(codes: list[str], inventory=None,  # inventory.parquet (its `pi
     return rows.merge(t[[c for c in ('code', *LABEL_FIELDS) if c in t]], on='code', how='left').fillna('').reindex(columns=['code', *LABEL_FIELDS], fill_value='—')
 
 # %% ../nbs/85_lookalike.ipynb #a82d40df
+LABELS_EN = {  # AIHub shape and colour names in figure titles (matplotlib's bundled font has no Hangul)
+    '원형': 'round', '타원형': 'oval', '장방형': 'oblong', '반원형': 'half-round', '삼각형': 'triangle', '사각형': 'square',
+    '마름모형': 'diamond', '오각형': 'pentagon', '육각형': 'hexagon', '팔각형': 'octagon', '기타': 'other',
+    '하양': 'white', '노랑': 'yellow', '주황': 'orange', '분홍': 'pink', '빨강': 'red', '갈색': 'brown', '연두': 'light green',
+    '초록': 'green', '청록': 'teal', '파랑': 'blue', '남색': 'navy', '자주': 'magenta', '보라': 'violet', '회색': 'grey',
+    '검정': 'black', '투명': 'clear'}
+
+def _en(*values) -> str:
+    "Label values in English where known (others as they are), blanks dropped."
+    return ' '.join(LABELS_EN.get(v, v) for v in values if v)
+
 def _crop_image(x: np.ndarray, tc: dict) -> np.ndarray:
     "A normalised (C, H, W) crop back to an (H, W, 3) image in [0, 1]."
     return np.clip(x.transpose(1, 2, 0) * np.asarray(tc['std']) + np.asarray(tc['mean']), 0, 1)
@@ -75,7 +86,8 @@ def plot_pair(pair: dict, crops: dict, cams: dict, tc: dict):
         lab = pair[f'{side}_labels']
         img = _crop_image(crops[side], tc)
         axs[2 * i].imshow(img); axs[2 * i + 1].imshow(img); axs[2 * i + 1].imshow(cams[side], cmap='jet', alpha=0.45)
-        axs[2 * i].set_title(f"{side}: {pair[side]}\n{lab['drug_shape']} {lab['color_class1']} '{lab['print_front']}'", fontsize=8)
+        look = _en(lab['drug_shape'], lab['color_class1'], lab.get('color_class2'))
+        axs[2 * i].set_title(f"{side}: {pair[side]}\n{look} '{lab['print_front']}'", fontsize=8)
         axs[2 * i + 1].set_title(f"Grad-CAM → {pair['predicted']}\ncentre share {pair[f'{side}_centre_share']:.2f}", fontsize=8)
     for a in axs: a.axis('off')
     fig.suptitle(f"{pair['true']} → {pair['predicted']}: {pair['count']} images", fontsize=10)
