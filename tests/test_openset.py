@@ -123,3 +123,15 @@ def test_cli_calibrates_the_same_rule_and_predict_prints_unknown(openset_run, ex
     assert {k: after[k] for k in keys} == {k: before[k] for k in keys}
     line = run_cli('predict', extremes['heldout'], '--mode', 'single', '--run', openset_run).stdout
     assert line.startswith(f"{extremes['heldout']}: unknown (") and 'guesses' in line
+
+
+def test_api_answers_unknown_per_pill(openset_run, evaluation, extremes):
+    from fastapi.testclient import TestClient
+    from pillsnap.serve import create_app
+    with TestClient(create_app(openset_run, api_keys=['k'], rate_limit=None)) as c:
+        r = c.post('/batch', headers={'X-API-Key': 'k'}, data={'mode': 'single'},
+                   files=[('image', (f'{s}.png', extremes[s].read_bytes(), 'image/png')) for s in ('heldout', 'known')])
+    assert r.status_code == 200, r.text
+    held, known = [d['pills'][0] for d in r.json()['predictions']]
+    assert held['code'] == held['name'] == 'unknown' and held['openset_score'] < evaluation['threshold'] and len(held['top_k']) == 5
+    assert known['code'] != 'unknown' and known['openset_score'] >= evaluation['threshold']
