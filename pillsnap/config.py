@@ -50,14 +50,20 @@ RESIZE_PATTERN = r'^\d+:\d+(:(linear|exponential|cosine|step))?$'
 class TrainSettings(BaseModel):
     "The `train:` section: settings of `pillsnap train` (None: the profile's default)."
     model_config = ConfigDict(extra='forbid')
-    epochs: int | None = Field(None, ge=1)  # epochs of each model
-    detector_epochs: int | None = Field(None, ge=1)  # detector epochs when they should differ from `epochs`
+    epochs: int | None = None  # epochs of each model
+    detector_epochs: int | None = None  # detector epochs when they should differ from `epochs`
     lr: float | None = Field(None, gt=0)  # classifier peak learning rate
     batch_size: int | None = Field(None, ge=1)  # classifier global batch (one optimiser step)
     img_size: int | None = Field(None, ge=8)  # classifier image side in pixels
     workers: int | None = Field(None, ge=0)  # data loader workers of both models (None: the trainers' default)
     ema: bool | None = None  # classifier: an EMA of the weights is evaluated and saved
     resize: str | None = Field(None, pattern=RESIZE_PATTERN)  # classifier progressive resize START:END[:CURVE] (pillsnap.scale)
+
+    @field_validator('epochs', 'detector_epochs')
+    @classmethod
+    def at_least_one(cls, v, info):
+        if v is not None and v < 1: raise ValueError(f'{info.field_name} must be at least 1, not {v}')
+        return v
 
     def kwargs(self) -> dict:
         "The settings that are set, as `pillsnap.train.train` keywords."
