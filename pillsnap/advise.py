@@ -9,15 +9,15 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import pandas as pd
 import yaml
-from .config import Config, STAGES
+from .config import Config, STAGES, TrainSettings
 from .outputs import write_text
 from .runlog import read_metrics
 
 # %% auto #0
-__all__ = ['STARVED', 'SLOW_LOADER', 'VAL_METRIC', 'RULES', 'TRAIN_CONFIG_KEYS', 'ORIGINAL', 'hardware', 'RunFacts', 'run_facts',
-           'Advice', 'lr_rule', 'oom_rule', 'data_wait', 'loader_rule', 'epochs_rule', 'device_rule', 'resize_rule',
-           'rank', 'advise', 'advice_table', 'write_advice', 'forward_flops', 'measured_throughput', 'Estimate',
-           'estimate']
+__all__ = ['SAFE_KEYS', 'STARVED', 'SLOW_LOADER', 'VAL_METRIC', 'RULES', 'TRAIN_CONFIG_KEYS', 'ORIGINAL', 'hardware', 'RunFacts',
+           'run_facts', 'Advice', 'lr_rule', 'oom_rule', 'data_wait', 'loader_rule', 'epochs_rule', 'device_rule',
+           'resize_rule', 'rank', 'advise', 'advice_table', 'train_settings', 'write_advice', 'forward_flops',
+           'measured_throughput', 'Estimate', 'estimate']
 
 # %% ../nbs/78_advise.ipynb #0b3a871d
 def hardware() -> dict:
@@ -113,12 +113,15 @@ def _num(rec, key, default=None):
     v = rec.get(key)
     return default if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
 
+SAFE_KEYS = ('batch_size', 'img_size', 'lr', 'resize')  # what makes the recipe fit (the rest of the run is carried over)
+
 def _safe_suggestion(f: RunFacts) -> dict:
     "The settings the trainer suggested when it stopped in OOM safe mode (its `oom_safe_mode` event's file)."
     ev = f.events[f.events.event == 'oom_safe_mode'] if len(f.events) else f.events
     path = Path(str(ev.iloc[-1].get('suggested'))) if len(ev) else None
     if not path or not path.exists(): return {}
-    return {k: v for k, v in (yaml.safe_load(path.read_text(encoding='utf-8')) or {}).items() if v is not None}
+    train = (yaml.safe_load(path.read_text(encoding='utf-8')) or {}).get('train') or {}  # the config schema (pillsnap.config)
+    return {k: v for k, v in train.items() if k in SAFE_KEYS and v is not None}
 
 # %% ../nbs/78_advise.ipynb #0ee6cb7c
 def oom_rule(f: RunFacts) -> list[Advice]:
@@ -277,7 +280,7 @@ def advice_table(advice: list[Advice]) -> pd.DataFrame:
     return pd.DataFrame([{k: getattr(a, k) for k in cols} for a in advice], columns=cols)
 
 # %% ../nbs/78_advise.ipynb #f6f8f07b
-TRAIN_CONFIG_KEYS = ('work_dir', 'stage', 'strategy', 'seed', 'resize')  # config keys `pillsnap train` reads
+TRAIN_CONFIG_KEYS = ('work_dir', 'stage', 'strategy', 'seed', 'profile', 'train')  # config keys `pillsnap train` reads
 
 def _base_config(run_dir: Path) -> dict:
     "The config keys that put the next run on the advised run's manifest, with its seed."
@@ -287,6 +290,23 @@ def _base_config(run_dir: Path) -> dict:
     if m and out.get('stage') and m.parent.name == f"stage{out['stage']}" and m.name == out.get('strategy'):
         out['work_dir'] = str(m.parent.parent)
     return out
+
+def train_settings(changes: dict) -> dict:
+    "The `train:` config keys of `train()` keywords `changes` (the classifier's settings in `classifier_kw` included)."
+    out = {k: v for k, v in changes.items() if k in TrainSettings.model_fields and v is not None}
+    return {**out, **{k: v for k, v in (changes.get('classifier_kw') or {}).items() if k in TrainSettings.model_fields and v is not None}}
+
+def _not_config(changes: dict) -> dict:
+    "The part of `train()` keywords `changes` that no config key carries."
+    out = {k: v for k, v in changes.items() if k not in TrainSettings.model_fields and k not in ('classifier_kw', 'profile')}
+    if kw := {k: v for k, v in (changes.get('classifier_kw') or {}).items() if k not in TrainSettings.model_fields}: out['classifier_kw'] = kw
+    return {k: v for k, v in out.items() if v not in (None, {})}
+
+def _run_settings(run_dir: Path) -> tuple[dict, dict]:
+    "The advised run's settings as config keys (`profile`, `train:`), and its trainer options no config key carries."
+    p = _run_params(run_dir)
+    given = {k: p.get(k) for k in (*TrainSettings.model_fields, 'classifier_kw', 'detector_kw')}
+    return {**({'profile': p['profile']} if p.get('profile') else {}), 'train': train_settings(given)}, _not_config(given)
 
 def _flags(changes: dict) -> list[str]:
     "`pillsnap train` flags for the top-level `changes` that have one."
@@ -300,14 +320,18 @@ def write_advice(run_dir: str | Path, advice: list[Advice], n: int, out: str | P
     "Write option `n` of `advice` as a config file for `pillsnap train --config` (other settings as comments)."
     if not 1 <= n <= len(advice): raise ValueError(f'option {n} does not exist: {run_dir} has {len(advice)} recommendation(s)')
     a, run_dir = advice[n - 1], Path(run_dir)
-    cfg = {**_base_config(run_dir), **{k: v for k, v in a.changes.items() if k in TRAIN_CONFIG_KEYS and k in Config.model_fields}}
-    rest = {k: v for k, v in a.changes.items() if k not in cfg}
+    base, (run, kept) = _base_config(run_dir), _run_settings(run_dir)
+    cfg = {**base, **run, 'train': {**run['train'], **train_settings(a.changes)}}
+    if not cfg['train']: del cfg['train']
+    rest = _not_config(a.changes)
     Config(**cfg)  # a file `pillsnap train --config` would refuse is never written
     path = Path(out) if out else run_dir/f'advice-{n}.yaml'
-    flags = ' '.join(_flags(rest))
+    manifest = _run_params(run_dir).get('manifest_dir')
+    flags = ' '.join(([f'--manifest {manifest}'] if manifest and 'work_dir' not in base else []) + _flags(rest))
     head = [f'# pillsnap advise {run_dir}, option {n} ({a.model}): {a.title}', f'# why: {a.reason}',
-            f'# next run: pillsnap train --config {path.name}' + (f' {flags}' if flags else '')]
-    if rest: head.append(f'# settings without a config key or flag (Python): pillsnap.train.train(manifest, **{rest!r})')
+            f'# next run: pillsnap train --config {path}' + (f' {flags}' if flags else '')]
+    if rest: head.append(f'# advised settings without a config key or flag (Python): pillsnap.train.train(manifest, **{rest!r})')
+    if kept: head.append(f'# the advised run also had options no config key carries (Python): {kept!r}')
     write_text(path, '\n'.join(head) + '\n' + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     return path
 

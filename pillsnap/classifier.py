@@ -418,20 +418,26 @@ def _on_oom(self: ClassifierTrainer, err: Exception):
 
 @patch
 def _safe_mode(self: ClassifierTrainer, step: int):
-    "Save last.pt (the failed step is redone on resume), write suggested settings, raise `OOMSafeMode`."
+    "Save last.pt (the failed step is redone on resume), write a smaller run's settings as a config file, raise `OOMSafeMode`."
     import yaml
+    from pillsnap.config import Config
     path, sug = self.save('last.pt'), self.run_dir/'oom_safe_config.yaml'
     c, m = self.cfg, (self.cfg.resize or {}).get('multiple', 32)
     smaller = max(m, (self.img_size * 3 // 4) // m * m)
+    train = dict(epochs=c.epochs, lr=float(f'{c.lr * self.guard.lr_scale:.3g}'), batch_size=self.plan[0], img_size=smaller,
+                 workers=c.workers, ema=c.ema or None,
+                 resize=None if not c.resize else f'{min(c.resize["start"], smaller)}:{smaller}:{c.resize["curve"]}')
+    sugg = dict(profile=c.profile, seed=c.seed, train={k: v for k, v in train.items() if v is not None})
+    Config(**sugg)  # the schema `pillsnap train --config` reads (pillsnap.config)
+    nxt = f'pillsnap train --config {sug} --manifest {self.manifest_dir} --cache-dir {self.cache.cache_dir}'
     text = (f'# PillSnap OOM safe mode: out of memory at step {step} with micro-batch 1 and global batch {self.plan[0]}.\n'
-            '# Suggested classifier settings for a run that fits (Python: train(..., classifier_kw=<these>)); or continue\n'
-            f'# this run on a machine with more memory: pillsnap train --resume --out {self.run_dir}\n')
-    sugg = dict(batch_size=self.plan[0], img_size=smaller, resize=None if not c.resize else f'{min(c.resize["start"], smaller)}:{smaller}:{c.resize["curve"]}')
+            f'# A smaller run of the same recipe (global batch and LR as the guard left them, 3/4 of the image side):\n'
+            f'#   {nxt}\n# Or continue this run on a machine with more memory: pillsnap train --resume --out {self.run_dir}\n')
     if self.dist.main:
         from pillsnap.outputs import write_text
         write_text(sug, text + yaml.safe_dump(sugg, sort_keys=False))
     self.log.write('event', model='classifier', event='oom_safe_mode', step=step, checkpoint=str(path), suggested=str(sug))
-    raise OOMSafeMode(self.run_dir, path, sug, step)
+    raise OOMSafeMode(self.run_dir, path, sug, step, next_run=nxt)
 
 @patch
 def _to_device(self: ClassifierTrainer, x: torch.Tensor) -> torch.Tensor:

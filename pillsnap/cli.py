@@ -147,17 +147,19 @@ def _run_train(args) -> int:
     except OOMSafeMode as e: print(f'pillsnap train: {e}', file=sys.stderr); return e.exit_code
 
 def _train(args) -> int:
+    from pillsnap.config import TrainSettings
     from pillsnap.train import recorded_manifest, train
-    cfg = _config_from(args)
+    given = {k: getattr(args, k) for k in TrainSettings.model_fields}  # the train flags: they override config.yaml's train:
+    cfg = load_config({**{k: v for k, v in vars(args).items() if k in Config.model_fields and k != 'workers'},
+                       'train': given}, args.config)
     if args.resume and not args.out: raise ValueError('--resume needs --out RUN_DIR: the run folder to continue')
     named = args.manifest or args.stage or args.strategy  # a manifest the user asked for, rather than the default one
     manifest = recorded_manifest(args.out) if args.resume and not named else _manifest_of(args, cfg)
-    res = train(manifest, target=args.target, order=args.order, profile=args.profile,
-                epochs=args.epochs, detector_epochs=args.detector_epochs, out=args.out, resume=args.resume,
-                seed=args.seed if args.resume else cfg.seed,
+    settings = {k: v for k, v in given.items() if v is not None} if args.resume else cfg.train.kwargs()  # resume: flags only
+    res = train(manifest, target=args.target, order=args.order, profile=args.profile if args.resume else cfg.profile,
+                out=args.out, resume=args.resume, seed=args.seed if args.resume else cfg.seed,
                 cache_dir=args.cache_dir or (None if args.resume else WorkLayout.of(cfg).cache.resolve()),
-                workers=args.workers, weights=args.weights, detector_weights=args.detector_weights,
-                resize=args.resize if args.resume else cfg.resize, inject_oom=args.inject_oom)
+                weights=args.weights, detector_weights=args.detector_weights, inject_oom=args.inject_oom, **settings)
     if not res.stopped: print(f'run folder: {res.run_dir}'); return 0
     print(f'stopped; continue with: pillsnap train --resume --out {res.run_dir}')
     return STOPPED
@@ -190,8 +192,12 @@ def _train_parser(sub):
     _add_manifest(p)
     p.add_argument('--target', choices=TARGETS, help='default: by stage (1-2 classifier, 3-4 both)')
     p.add_argument('--order', choices=ORDERS, help='sequential: one model then the other; interleaved: by epoch')
-    p.add_argument('--profile', choices=(*PROFILES, *PROFILE_ALIASES), help='model sizes (default tiny)')
+    p.add_argument('--profile', choices=(*PROFILES, *PROFILE_ALIASES), help='model sizes (or profile: in config.yaml; default tiny)')
     p.add_argument('--epochs', type=int, help="epochs (default: each model's profile default)")
+    p.add_argument('--lr', type=float, help="classifier peak learning rate (default: the profile's recipe)")
+    p.add_argument('--batch-size', type=int, help="classifier global batch, one optimiser step (default: the profile's recipe)")
+    p.add_argument('--img-size', type=int, help="classifier image side in pixels (default: the profile's recipe)")
+    p.add_argument('--ema', action=argparse.BooleanOptionalAction, help='classifier: evaluate and save an EMA of the weights')
     p.add_argument('--detector-epochs', type=int, help='detector epochs when they should differ from --epochs')
     p.add_argument('--out', type=Path, help='run folder (default: WORK_DIR/runs/stage{N}-{strategy}-{profile}-{time})')
     p.add_argument('--resume', action='store_true', help='continue the unfinished models of the run in --out')
@@ -200,7 +206,7 @@ def _train_parser(sub):
     p.add_argument('--cache-dir', type=Path, help='image cache (default: WORK_DIR/cache)')
     p.add_argument('--workers', type=int, help='data loader workers')
     p.add_argument('--resize', help='classifier progressive resize START:END[:CURVE] over the run, CURVE linear '
-                                    '(default), exponential, cosine or step, e.g. 224:384:cosine (or resize: in config.yaml)')
+                                    '(default), exponential, cosine or step, e.g. 224:384:cosine (or train: resize: in config.yaml)')
     p.add_argument('--inject-oom', type=_step_list, metavar='STEPS',
                    help='DIAGNOSTIC: raise a real torch.OutOfMemoryError at these optimiser steps (e.g. 3,5; repeat '
                         'a step to fail it again) to exercise the OOM guard without a GPU; not recorded for --resume. '

@@ -11,8 +11,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # %% auto #0
-__all__ = ['PROFILES', 'STAGES', 'PROFILE_ALIASES', 'STRATEGIES', 'ENV_VARS', 'PATH_KEYS', 'Profile', 'StagePlan', 'Config',
-           'MissingDataRoot', 'require_data_root', 'read_config_file', 'load_config']
+__all__ = ['PROFILES', 'STAGES', 'PROFILE_ALIASES', 'STRATEGIES', 'RESIZE_PATTERN', 'ENV_VARS', 'PATH_KEYS', 'MOVED', 'Profile',
+           'StagePlan', 'TrainSettings', 'Config', 'MissingDataRoot', 'require_data_root', 'read_config_file',
+           'load_config']
 
 # %% ../nbs/01_config.ipynb #777b163f
 class Profile(BaseModel):
@@ -43,6 +44,31 @@ PROFILE_ALIASES = {'s': 'small', 'l': 'large'}  # the short names the training i
 
 STRATEGIES = ('single_only', 'max_combo', 'balanced', 'combo_light', 'target', 'synth_combo')
 
+# %% ../nbs/01_config.ipynb #099899f5
+RESIZE_PATTERN = r'^\d+:\d+(:(linear|exponential|cosine|step))?$'
+
+class TrainSettings(BaseModel):
+    "The `train:` section: settings of `pillsnap train` (None: the profile's default)."
+    model_config = ConfigDict(extra='forbid')
+    epochs: int | None = None  # epochs of each model
+    detector_epochs: int | None = None  # detector epochs when they should differ from `epochs`
+    lr: float | None = Field(None, gt=0)  # classifier peak learning rate
+    batch_size: int | None = Field(None, ge=1)  # classifier global batch (one optimiser step)
+    img_size: int | None = Field(None, ge=8)  # classifier image side in pixels
+    workers: int | None = Field(None, ge=0)  # data loader workers of both models (None: the trainers' default)
+    ema: bool | None = None  # classifier: an EMA of the weights is evaluated and saved
+    resize: str | None = Field(None, pattern=RESIZE_PATTERN)  # classifier progressive resize START:END[:CURVE] (pillsnap.scale)
+
+    @field_validator('epochs', 'detector_epochs')
+    @classmethod
+    def at_least_one(cls, v, info):
+        if v is not None and v < 1: raise ValueError(f'{info.field_name} must be at least 1, not {v}')
+        return v
+
+    def kwargs(self) -> dict:
+        "The settings that are set, as `pillsnap.train.train` keywords."
+        return self.model_dump(exclude_none=True)
+
 # %% ../nbs/01_config.ipynb #e5fabfd2
 class Config(BaseModel):
     "Resolved settings of one PillSnap run."
@@ -59,7 +85,7 @@ class Config(BaseModel):
     profile: Literal[tuple(PROFILES)] | None = None  # None: the stage default
     workers: int = Field(max(1, os.cpu_count() or 1), ge=1)
     gates: dict[str, float] | dict[int, dict[str, float]] | None = None  # stage-gate overrides (`pillsnap.evaluate.GATES`)
-    resize: str | None = Field(None, pattern=r'^\d+:\d+(:(linear|exponential|cosine|step))?$')  # START:END[:CURVE] (pillsnap.scale)
+    train: TrainSettings = Field(default_factory=TrainSettings)  # `pillsnap train` settings (above)
 
     @field_validator('profile', mode='before')
     @classmethod
@@ -98,14 +124,21 @@ def require_data_root(cfg: Config) -> Path:
 # %% ../nbs/01_config.ipynb #abd38ded
 ENV_VARS = {'PILLSNAP_DATA_ROOT': 'data_root', 'PILLSNAP_WORK_DIR': 'work_dir'}
 PATH_KEYS = ('data_root', 'work_dir')
+MOVED = ('resize',)  # top-level keys that moved into `train:`
 
 def read_config_file(path: Path) -> dict:
     "Settings from a YAML file, with relative paths made relative to the file's folder."
     try: values = yaml.safe_load(Path(path).read_text(encoding='utf-8')) or {}
     except yaml.YAMLError as e: raise ValueError(f'{path}: not valid YAML ({e})') from e
     if not isinstance(values, dict): raise ValueError(f'{path}: expected a mapping of settings, got {type(values).__name__}')
+    if moved := sorted(set(values) & set(MOVED)):
+        raise ValueError(f'{path}: ' + '; '.join(f'`{k}` is now a key of the `train:` section (write it indented under '
+                                                f'`train:`, e.g. `train: {{{k}: {values[k]}}}`)' for k in moved))
     if unknown := sorted(set(values) - set(Config.model_fields)):
         raise ValueError(f'{path}: unknown setting(s) {", ".join(unknown)}; known: {", ".join(Config.model_fields)}')
+    if not isinstance(values.get('train') or {}, dict): raise ValueError(f'{path}: `train:` must be a mapping of settings')
+    if unknown := sorted(set(values.get('train') or {}) - set(TrainSettings.model_fields)):
+        raise ValueError(f'{path}: unknown train setting(s) {", ".join(unknown)}; known: {", ".join(TrainSettings.model_fields)}')
     for k in PATH_KEYS:
         if values.get(k) is not None: values[k] = Path(path).parent/Path(values[k]).expanduser()
     return values
@@ -122,5 +155,7 @@ def load_config(flags: dict | None = None,  # command-line values; None means "n
     if config_file is not None:
         if not Path(config_file).exists(): raise FileNotFoundError(f'Config file {config_file} does not exist.')
         values.update(read_config_file(config_file))
-    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    for k, v in (flags or {}).items():  # `train` flags override the file's train section key by key
+        if k == 'train' and v is not None: values[k] = {**(values.get(k) or {}), **{a: b for a, b in v.items() if b is not None}}
+        elif v is not None: values[k] = v
     return Config(**values)

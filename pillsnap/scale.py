@@ -134,11 +134,14 @@ def check_inject(self: OOMGuard, step: int):
 class OOMSafeMode(RuntimeError):
     "Training stopped in OOM safe mode: a checkpoint was saved, `--resume` continues from it."
     exit_code = SAFE_MODE_EXIT
-    def __init__(self, run_dir: Path, checkpoint: Path, suggested: Path, step: int):
+    def __init__(self, run_dir: Path, checkpoint: Path, suggested: Path, step: int,
+                 next_run: str | None = None):  # the command that starts the smaller run of `suggested`
         self.run_dir, self.checkpoint, self.suggested, self.step = Path(run_dir), Path(checkpoint), Path(suggested), step
+        self.next_run = next_run
         super().__init__(f'out of memory at optimiser step {step} with micro-batch 1 and the smallest global batch: '
                          f'safe mode. Saved {checkpoint}; suggested settings for a smaller run in {suggested}. '
-                         f'Continue with: pillsnap train --resume --out {run_dir}')
+                         f'Continue with: pillsnap train --resume --out {run_dir}'
+                         + (f'; or start the smaller run: {next_run}' if next_run else ''))
 
 # %% ../nbs/71_scale.ipynb #9315adff
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from .runlog import RunLog, read_metrics
 from .scale import barrier, broadcast_object, init_distributed, parse_resize
 
 # %% auto #0
-__all__ = ['TARGETS', 'ORDERS', 'CLASSIFIER', 'CLASS_MAP_HASH', 'TRAINERS', 'sampling_params', 'default_target', 'models_of',
-           'run_name', 'default_run_dir', 'check_class_map', 'pin_class_map', 'StopSignals', 'RunClock', 'yolo_data',
-           'TrainResult', 'recorded_manifest', 'checkpoints', 'train', 'plot_training']
+__all__ = ['TARGETS', 'ORDERS', 'CLASSIFIER', 'CLASS_MAP_HASH', 'TRAINERS', 'CLASSIFIER_SETTINGS', 'RESOLVED', 'sampling_params',
+           'default_target', 'models_of', 'run_name', 'default_run_dir', 'check_class_map', 'pin_class_map',
+           'StopSignals', 'RunClock', 'yolo_data', 'resolved_settings', 'TrainResult', 'recorded_manifest',
+           'checkpoints', 'train', 'plot_training']
 
 # %% ../nbs/76_train.ipynb #d0eedf6b
 TARGETS, ORDERS = ('classifier', 'detector', 'both'), ('sequential', 'interleaved')
@@ -132,7 +133,7 @@ def yolo_data(manifest_dir: str | Path, log: RunLog | None = None) -> Path:
 def _classifier(manifest_dir: Path, run_dir: Path, p: dict, log: RunLog, resume: bool):
     from pillsnap.classifier import ClassifierTrainer
     kw = dict(epochs=p['epochs'], weights=p['weights'], cache_dir=p['cache_dir'], workers=p['workers'],
-              resize=p.get('resize'), inject_oom=p.get('inject_oom'))
+              resize=p.get('resize'), inject_oom=p.get('inject_oom'), **{k: p.get(k) for k in CLASSIFIER_SETTINGS})
     return ClassifierTrainer(manifest_dir, run_dir, profile=p['profile'], seed=p['seed'], resume=resume, log=log,
                              **{**kw, **(p['classifier_kw'] or {})})
 
@@ -142,6 +143,15 @@ def _detector(manifest_dir: Path, run_dir: Path, p: dict, log: RunLog, resume: b
                            log=log, **{**kw, **(p['detector_kw'] or {})})
 
 TRAINERS = {CLASSIFIER: _classifier, DETECTOR: _detector}
+CLASSIFIER_SETTINGS = ('lr', 'batch_size', 'img_size', 'ema')  # classifier settings `train` takes as keywords (config `train:`)
+RESOLVED = ('profile', 'model', 'epochs', 'lr', 'batch_size', 'img_size', 'workers', 'ema', 'resize')  # recorded in run.json
+
+def resolved_settings(trainers: dict) -> dict:
+    "The settings each trainer actually runs with (profile defaults filled in), for run.json's `resolved`."
+    out = {}
+    if c := trainers.get(CLASSIFIER): out[CLASSIFIER] = {k: getattr(c.cfg, k) for k in RESOLVED}
+    if d := trainers.get(DETECTOR): out[DETECTOR] = dict(epochs=d.epochs, imgsz=d.imgsz, batch=d.batch)
+    return out
 
 # %% ../nbs/76_train.ipynb #3efba766
 def _fit_classifier(c, clock: RunClock) -> dict:
@@ -197,6 +207,8 @@ def _given(resume: bool, **kw) -> dict:
     for k in ('epochs', 'detector_epochs'):
         if kw.get(k) is not None and kw[k] < 1: raise ValueError(f'{k} must be at least 1, not {kw[k]}')
     if kw.get('resize'): parse_resize(kw['resize'])
+    if twice := sorted(k for k in CLASSIFIER_SETTINGS if kw.get(k) is not None and k in (kw.get('classifier_kw') or {})):
+        raise ValueError(f'{", ".join(twice)} given both as keyword(s) and in classifier_kw: give each once')
     if resume: return {k: v for k, v in kw.items() if v is not None}
     return {**dict(seed=42, classifier_kw={}, detector_kw={}), **{k: v for k, v in kw.items() if v is not None}}
 
@@ -209,7 +221,7 @@ def _check_resume(recorded: dict, given: dict, manifest_dir: Path):
     if Path(recorded['manifest_dir']) != Path(manifest_dir):
         raise ValueError(f"this run was trained on {recorded['manifest_dir']}, not {manifest_dir}: resume it on its own "
                          'manifest (leave out --manifest/--stage/--strategy), or start a new run')
-    for k in ('epochs', 'detector_epochs', 'target', 'profile', 'resize'):
+    for k in ('epochs', 'detector_epochs', 'target', 'profile', 'resize', *CLASSIFIER_SETTINGS):
         if given.get(k) is not None and recorded.get(k) is not None and given[k] != recorded[k]:
             raise ValueError(f'{k} cannot change on resume (recorded {recorded[k]!r}, given {given[k]!r}); start a new run')
 
@@ -294,6 +306,10 @@ def train(manifest_dir: str | Path,  # a manifest folder (pillsnap manifest); it
           detector_epochs: int | None = None,  # detector epochs when they should differ from `epochs`
           classifier_kw: dict | None = None, detector_kw: dict | None = None,  # further trainer options (recorded)
           resize: str | None = None,  # classifier progressive resize 'START:END[:CURVE]', e.g. '224:384:cosine'
+          lr: float | None = None,  # classifier peak learning rate; None: the profile's recipe
+          batch_size: int | None = None,  # classifier global batch; None: the profile's recipe
+          img_size: int | None = None,  # classifier image side; None: the profile's recipe
+          ema: bool | None = None,  # classifier EMA of the weights; None: off
           inject_oom: list[int] | None = None,  # diagnostic: optimiser steps that raise OutOfMemoryError (not recorded)
           echo: bool = True,  # print the readable log
          ) -> TrainResult:
@@ -301,7 +317,8 @@ def train(manifest_dir: str | Path,  # a manifest folder (pillsnap manifest); it
     manifest_dir = Path(manifest_dir).expanduser().resolve()
     given = _given(resume, target=target, order=order, profile=profile, epochs=epochs, seed=seed, cache_dir=cache_dir,
                    workers=workers, weights=weights, detector_weights=detector_weights, detector_epochs=detector_epochs,
-                   classifier_kw=classifier_kw, detector_kw=detector_kw, resize=resize)
+                   classifier_kw=classifier_kw, detector_kw=detector_kw, resize=resize, lr=lr, batch_size=batch_size,
+                   img_size=img_size, ema=ema)
     run_dir, p = _params(manifest_dir, out, resume, given)
     dist = init_distributed()
     run_dir = Path(broadcast_object(str(run_dir), dist)); p['run_dir'] = str(run_dir)  # the default name has a time
@@ -315,6 +332,7 @@ def train(manifest_dir: str | Path,  # a manifest folder (pillsnap manifest); it
     with StopSignals(log) as sig:
         tp = {**p, 'inject_oom': inject_oom}  # the diagnostic reaches the trainer, never run.json
         trainers = {m: sig.add(TRAINERS[m](manifest_dir, run_dir, tp, log, resume)) for m in models_of(p['target'])}
+        if log.enabled: update_run_record(run_dir, resolved=json.loads(json.dumps(resolved_settings(trainers), default=str)))
         fits = _run_models(trainers, p['order'], RunClock({m: (t.epoch, t.epochs) for m, t in trainers.items()}, log))
     return _finish(run_dir, p, fits, log)
 

@@ -1,5 +1,5 @@
 """`pillsnap advise` and `pillsnap estimate` on real short classifier runs made to show a symptom."""
-import warnings
+import json, warnings
 import numpy as np
 import pytest
 import yaml
@@ -85,12 +85,21 @@ def test_advise_cli_prints_the_ranking_and_writes_an_option_the_next_run_reads(d
     assert res.stdout.startswith('1. [classifier] lower the learning rate to 10.0')
     assert f'option written to {tmp_path/"next.yaml"}' in res.stdout
     text = (tmp_path/'next.yaml').read_text()
-    assert "train(manifest, **{'classifier_kw': {'lr': 10.0}})" in text  # the LR has no config key or flag: said so
     cfg = load_config(config_file=tmp_path/'next.yaml', env={})  # what `pillsnap train --config` reads
     assert WorkLayout.of(cfg).manifest(cfg.stage, cfg.strategy) == manifest and cfg.seed == 42  # same manifest and seed
-    assert set(yaml.safe_load(text)) == {'work_dir', 'stage', 'strategy', 'seed'}
+    assert set(yaml.safe_load(text)) == {'work_dir', 'stage', 'strategy', 'seed', 'profile', 'train'}
+    # the advised run's settings, with the advised LR in place of its 100.0
+    assert cfg.train.kwargs() == dict(epochs=2, lr=10.0, batch_size=8, img_size=32, workers=0) and cfg.profile == 'tiny'
+    assert "'max_steps': 3" in text  # the run's options that no config key carries are said, not dropped silently
     bad = run_cli('advise', diverging, '--write', 99, check=False)
     assert bad.returncode == 2 and 'option 99 does not exist' in bad.stderr
+    # the next run reads the file (a flag still overrides it) and records the advised LR as the one it ran with
+    run_cli('train', '--config', tmp_path/'next.yaml', '--epochs', 1, '--out', tmp_path/'next-run')
+    rec = json.loads((tmp_path/'next-run'/'run.json').read_text())
+    ran = rec['resolved']['classifier']
+    assert rec['params']['lr'] == ran['lr'] == 10.0 and (ran['epochs'], ran['img_size'], ran['batch_size']) == (1, 32, 8)
+    ev = read_metrics(tmp_path/'next-run', 'event')
+    assert ev[ev.event == 'start'].dropna(subset=['model']).config.iloc[-1]['lr'] == 10.0  # the trainer's own record
 
 
 def test_estimate_scales_a_measured_run_by_flops_and_prints_the_four_stages(diverging):

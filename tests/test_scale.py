@@ -7,6 +7,7 @@ from conftest import run_cli
 from pillsnap.cache import build_cache
 from pillsnap.classifier import load_checkpoint, train_classifier
 from pillsnap.classmap import ensure_class_map
+from pillsnap.config import load_config
 from pillsnap.manifest import build_manifest
 from pillsnap.runlog import read_metrics
 from pillsnap.scale import SAFE_MODE_EXIT, plot_resize, resize_schedule
@@ -67,7 +68,12 @@ def test_oom_safe_mode_exits_with_a_checkpoint_that_resume_continues(manifest, t
     assert oom.global_batch.tolist() == [16] * 5 + [8, 4, 2, 1, 1] and oom.lr_scale.iloc[-1] == 1 / 16
     ckpt = load_checkpoint(run/'classifier'/'last.pt')
     assert (ckpt['step'], ckpt['batch_in_epoch'], ckpt['oom_guard']['global_div']) == (0, 0, 16)  # before the failed step
-    assert 'batch_size: 1' in (run/'oom_safe_config.yaml').read_text()
+    safe = load_config(config_file=run/'oom_safe_config.yaml', env={})  # the config schema `pillsnap train --config` reads
+    c = ckpt['config']
+    assert (safe.profile, safe.seed, safe.train.batch_size, safe.train.epochs) == (c['profile'], c['seed'], 1, 1)
+    assert safe.train.lr == pytest.approx(c['lr'] / 16, rel=0.01) and safe.train.img_size < c['img_size']
+    nxt = f"pillsnap train --config {run/'oom_safe_config.yaml'} --manifest {manifest}"
+    assert nxt in res.stderr and nxt in (run/'oom_safe_config.yaml').read_text()  # the exact command of the smaller run
     res = run_cli('train', '--resume', '--out', run, '--cache-dir', tmp_path/'cache', '--work-dir', tmp_path/'work')
     assert 'run folder' in res.stdout
     steps = read_metrics(run, 'step', 'classifier')
