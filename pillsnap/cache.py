@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_cache.ipynb #765f9b6f
 from __future__ import annotations
-import hashlib, json, os, time
+import hashlib, json, os, re, time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +13,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 from .manifest import pill_boxes, read_manifest
-from .outputs import atomic_path, write_table
+from .outputs import FolderTaken, atomic_path, check_run_folder, write_run_record, write_table
 from .yolo import manifest_data_root
 
 # %% auto #0
@@ -115,6 +115,17 @@ def _run_jobs(jobs: list, workers: int, progress: bool) -> list[list[tuple]]:
     if workers <= 1: return [_cache_image(j) for j in tqdm(jobs, **bar)]
     with ProcessPoolExecutor(workers) as ex: return list(tqdm(ex.map(_cache_image, jobs, chunksize=8), **bar))
 
+# %% ../nbs/70_cache.ipynb #d60c7176
+_CACHE_ENTRY = re.compile(r'^(s\d+|index|run\.json)$')  # what `build_cache` writes at the top of its folder
+
+def _claim_cache_dir(cache_dir: Path) -> Path:
+    "Refuse a `cache_dir` that another command or person filled; a folder `build_cache` wrote (or an empty one) is fine."
+    check_run_folder(cache_dir, 'cache')
+    foreign = sorted(e.name for e in cache_dir.iterdir() if not _CACHE_ENTRY.match(e.name)) if cache_dir.is_dir() else []
+    if foreign: raise FolderTaken(f'{cache_dir} holds files the cache did not write ({", ".join(foreign[:3])}'
+                                  f'{", …" if len(foreign) > 3 else ""}); give `cache` its own folder')
+    return cache_dir
+
 # %% ../nbs/70_cache.ipynb #3e707c16
 def build_cache(manifest_dir: str | Path,  # manifest_{train,val}.parquet + sampling_report.json (data root)
                 cache_dir: str | Path | None = None,  # default: <manifest_dir>/../cache; the work layout passes its own
@@ -126,7 +137,7 @@ def build_cache(manifest_dir: str | Path,  # manifest_{train,val}.parquet + samp
                ) -> CacheResult:
     "Write the resized pill crops of a manifest into the cache (missing ones only) and index them."
     t0, manifest_dir = time.perf_counter(), Path(manifest_dir)
-    cache_dir = Path(cache_dir) if cache_dir else manifest_dir.parent/'cache'
+    cache_dir = _claim_cache_dir(Path(cache_dir) if cache_dir else manifest_dir.parent/'cache')
     root = manifest_data_root(manifest_dir, data_root)
     items = pd.concat([pill_items(read_manifest(manifest_dir, s, required=['path', 'kind', 'codes', 'boxes']))
                        for s in splits], ignore_index=True)
@@ -139,6 +150,8 @@ def build_cache(manifest_dir: str | Path,  # manifest_{train,val}.parquet + samp
     index_path, failed_path = cache_dir/'index'/f'{key}.parquet', cache_dir/'index'/f'{key}_failed.csv'
     write_table(index, index_path)
     write_table(index.loc[~index.ok, ['path', 'split', 'pill', 'code', 'error']], failed_path)
+    write_run_record(cache_dir, 'cache', dict(manifest_dir=str(manifest_dir.resolve()), size=size, splits=list(splits),
+                                              data_root=str(root)), index=str(index_path))
     return CacheResult(cache_dir, size, index, index_path, failed_path, time.perf_counter() - t0)
 
 # %% ../nbs/70_cache.ipynb #84c014f8
