@@ -16,7 +16,7 @@ from .runlog import METRICS_FILE, LOG_FILE
 # %% auto #0
 __all__ = ['PRED_COLUMNS', 'RunWatch', 'plot_snapshot', 'figure_png', 'Watch', 'watch', 'parse_boxes', 'render_tile', 'grid',
            'to_png', 'read_images', 'DataExplorer', 'explore_images', 'hardest_first', 'pair_table', 'EvalExplorer',
-           'explore_eval']
+           'eval_predictions', 'explore_eval']
 
 # %% ../nbs/88_widgets.ipynb #cc4a61ea
 def _fmt(v, unit: str = '') -> str:
@@ -324,11 +324,24 @@ class EvalExplorer:
                                      self.size, color=(40, 160, 40)))
         return grid(tiles, cols=2)
 
+# %% ../nbs/88_widgets.ipynb #181113ff
+def eval_predictions(source,  # `evaluate`'s predictions table, or a run folder, eval folder or predictions file
+                     split: str | None = None,  # a run's split; None: test if evaluated, else val
+                    ) -> pd.DataFrame:
+    "The explorer's columns (path, true_code, pred_code, score, boxes) of what `evaluate` predicted."
+    if not isinstance(source, pd.DataFrame):
+        from pillsnap.evaluate import read_predictions  # torch only when an evaluation is read
+        source = read_predictions(source, split)
+    return source.rename(columns={'true_codes': 'true_code', 'pred_codes': 'pred_code'})
+
 # %% ../nbs/88_widgets.ipynb #ad6d4279
-def explore_eval(preds: pd.DataFrame,  # columns path, true_code, pred_code, score (boxes optional)
-                 references: dict | None = None, per_page: int = 4, size: int = 224):
+def explore_eval(preds,  # a run or eval folder (what `evaluate` wrote), or a table: path, true_code, pred_code, score
+                 references: dict | None = None, per_page: int = 4, size: int = 224,
+                 split: str | None = None,  # a run's split; None: test if evaluated, else val
+                ):
     "A JupyterLab explorer of an evaluation's wrong predictions, hardest pairs first, true and predicted side by side."
     import ipywidgets as W
+    preds = eval_predictions(preds, split)
     ex = EvalExplorer(preds, references, per_page, size)
     pairs = pair_table(preds)
     pick = W.Dropdown(options=[('all pairs', None)] + [(f'{t} → {p} ({n})', (t, p)) for t, p, n in
