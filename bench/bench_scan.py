@@ -213,14 +213,17 @@ def verdict(r: float, level: str) -> str:
 def runs(xs) -> str: return ', '.join(f'{x:.3f}' for x in xs)
 
 
-def report_markdown(results: dict, workers: int) -> str:
+def report_markdown(results: dict, workers: int, load: tuple = ()) -> str:
     v = package_versions()
+    loads = ' and '.join(', '.join(f'{x:.1f}' for x in l) for l in load)
     md = [f"""# Benchmark: the scan at each check level against a bare loop doing the same work
 
 Run {kst_now()} by `bench/bench_scan.py` on {machine()}, Python {v['python']}, pandas {v['pandas']},
 numpy {v['numpy']}, pyarrow {v['pyarrow']}, Pillow {Image.__version__}. Trees are written to a temporary folder with
 paths from `pillsnap.layout`; times are in seconds, page cache warm, medians after one untimed warm-up of each.
 The bare loops run in a process pool of the same {workers} workers with the same chunking ({CHUNK} files per task).
+Load average (1/5/15 min) at the start and at the end: {loads}; above the core count other processes share the
+cores, so seconds are not comparable across runs, while the ratios (alternating runs of the two) are less affected.
 
 ![scan vs bare loop](bench_scan.png)
 
@@ -287,7 +290,7 @@ Why Arrow kernels parse the names (one run on the {r['inventory']:,} image names
 
 def main(images: int = 300_000, labels: int = 30_000, pngs: int = 1_500, classes: int = 3_000, folders: int = 40,
          workers: int = 2, repeats: int = 3, levels: str = 'labels,images,names', report: str = 'reports/bench_scan.md'):
-    results = {}
+    results, load = {}, [os.getloadavg()]
     with tempfile.TemporaryDirectory() as d:
         for level in levels.split(','):
             if level == 'labels': results[level] = bench_labels(Path(d), labels, max(1, labels // 100), folders, workers, repeats)
@@ -295,9 +298,9 @@ def main(images: int = 300_000, labels: int = 30_000, pngs: int = 1_500, classes
             elif level == 'names': results[level] = bench_names(Path(d), images, classes, folders, workers, repeats)
             else: raise ValueError(f'unknown level {level!r}')
             print(f'{level}: ratio {ratio(results[level]):.2f}x')
-    figure(results, str(Path(report).with_suffix('.png')))
-    write_text(report, report_markdown(results, workers))
-    print(f'wrote {report}')
+            figure(results, str(Path(report).with_suffix('.png')))  # after each level: a cut-short run keeps what it measured
+            write_text(report, report_markdown(results, workers, (*load, os.getloadavg())))
+            print(f'wrote {report}')
 
 
 if __name__ == '__main__':

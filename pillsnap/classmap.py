@@ -13,8 +13,7 @@ from fastcore.basics import patch
 from .outputs import kst_now, write_json
 
 # %% auto #0
-__all__ = ['CLASS_FIELDS', 'CLASS_COLUMNS', 'INVENTORY_CODE_COLUMNS', 'inventory_codes', 'code_usage', 'pill_attributes',
-           'UnknownCode', 'ClassMap', 'StaleClassMap', 'ensure_class_map']
+__all__ = ['CLASS_FIELDS', 'CLASS_COLUMNS', 'inventory_codes', 'UnknownCode', 'ClassMap', 'StaleClassMap', 'ensure_class_map']
 
 # %% ../nbs/30_classmap.ipynb #1ed6c731
 def inventory_codes(inv: pd.DataFrame) -> list[str]:
@@ -23,7 +22,7 @@ def inventory_codes(inv: pd.DataFrame) -> list[str]:
     return sorted(set(distinct.str.split('|').explode()))
 
 # %% ../nbs/30_classmap.ipynb #3c5e96be
-def code_usage(inv: pd.DataFrame) -> pd.DataFrame:
+def _code_usage(inv: pd.DataFrame) -> pd.DataFrame:
     "Every K-code of `inv`, sorted, with `in_single`, `in_combo` and the AIHub `splits` it appears in."
     seen = inv[['codes', 'kind', 'split']].drop_duplicates()
     seen = seen.assign(code=seen.codes.str.split('|')).explode('code')
@@ -36,7 +35,7 @@ def code_usage(inv: pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/30_classmap.ipynb #4c67d5fa
 CLASS_FIELDS = ('dl_name', 'dl_name_en', 'drug_shape', 'color_class1')
 
-def pill_attributes(inv: pd.DataFrame) -> pd.DataFrame:
+def _pill_attributes(inv: pd.DataFrame) -> pd.DataFrame:
     "`CLASS_FIELDS` per K-code from the first `pills` struct that names it, single-pill labels first."
     if 'pills' not in inv: return pd.DataFrame(columns=['code', *CLASS_FIELDS])
     labelled = inv.loc[inv.pills.notna(), ['kind', 'code', 'pills']]
@@ -81,7 +80,7 @@ class ClassMap:
 @patch(cls_method=True)
 def from_inventory(cls: ClassMap, inv: pd.DataFrame, source: str | None = None) -> ClassMap:
     "Build the map from every code of `inv` (train and val trees, singles and combinations)."
-    table = code_usage(inv).merge(pill_attributes(inv), on='code', how='left')
+    table = _code_usage(inv).merge(_pill_attributes(inv), on='code', how='left')
     table.insert(0, 'id', np.arange(len(table)))
     return cls(table, source or f'inventory of {len(inv):,} images', origin='class map built from inventory')
 
@@ -147,7 +146,7 @@ class StaleClassMap(ValueError):
                          'the manifests and retrain models that used the old map.')
 
 # %% ../nbs/30_classmap.ipynb #a2c2ccfa
-INVENTORY_CODE_COLUMNS = ['split', 'kind', 'code', 'codes', 'pills']
+_INVENTORY_CODE_COLUMNS = ['split', 'kind', 'code', 'codes', 'pills']
 
 def ensure_class_map(inventory: pd.DataFrame | str | Path,  # inventory table or its parquet file
                      path: str | Path,  # class_mapping.json
@@ -156,7 +155,7 @@ def ensure_class_map(inventory: pd.DataFrame | str | Path,  # inventory table or
     "Load the class map at `path` and check it covers `inventory`; if there is none, build (and save) it."
     path = Path(path)
     is_table = isinstance(inventory, pd.DataFrame)
-    inv = inventory if is_table else pd.read_parquet(inventory, columns=INVENTORY_CODE_COLUMNS)
+    inv = inventory if is_table else pd.read_parquet(inventory, columns=_INVENTORY_CODE_COLUMNS)
     if not path.exists():
         cm = ClassMap.from_inventory(inv, None if is_table else str(inventory))
         if save: cm.save(path)

@@ -268,7 +268,7 @@ def _pill_text(q: dict) -> str:
 def _run_evaluate(args):
     from pillsnap.evaluate import evaluate, gates_table
     cfg = _config_from(args)
-    res = evaluate(args.run, split=args.split, mode=args.mode, soak=args.soak, gates=cfg.gates, conf=args.conf,
+    res = evaluate(args.run, split=args.split, mode=args.mode, soak_minutes=args.soak, gates=cfg.gates, conf=args.conf,
                    max_images=args.max_images, seed=cfg.seed)
     print(gates_table(res.gates))
     print(f'metrics -> {res.path}')

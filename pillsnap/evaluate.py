@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .outputs import kst_now, write_json, write_text
+from .outputs import kst_now, write_json, write_table, write_text
 from .predict import TwoStagePredictor, xyxy_to_xywh
 
 # %% auto #0
-__all__ = ['GATES', 'GATE_RULES', 'IOU_THRESHOLDS', 'stage_gates', 'check_gates', 'gates_table', 'classification_metrics',
-           'box_iou', 'gt_boxes_xyxy', 'match_pills', 'detection_metrics', 'combo_metrics', 'device_name',
-           'percentiles', 'measure_latency', 'measure_throughput', 'soak', 'EvalResult', 'run_manifest',
-           'merge_metrics', 'evaluate', 'plot_confused_pairs', 'plot_pr_curve', 'plot_latency', 'plot_predictions',
-           'readiness']
+__all__ = ['GATES', 'GATE_RULES', 'IOU_THRESHOLDS', 'PREDICTION_COLUMNS', 'stage_gates', 'check_gates', 'gates_table',
+           'classification_metrics', 'box_iou', 'gt_boxes_xyxy', 'match_pills', 'detection_metrics', 'combo_metrics',
+           'device_name', 'percentiles', 'measure_latency', 'measure_throughput', 'soak', 'EvalResult', 'run_manifest',
+           'merge_metrics', 'prediction_rows', 'eval_dir', 'read_predictions', 'evaluate', 'plot_confused_pairs',
+           'plot_pr_curve', 'plot_latency', 'plot_predictions', 'readiness']
 
 # %% ../nbs/82_evaluate.ipynb #3d3cb5fd
 GATES = {  # stage: metric → threshold (issue 10 §2; config.yaml overrides)
@@ -140,15 +140,19 @@ def detection_metrics(gts: list[np.ndarray], preds: list[tuple[np.ndarray, np.nd
     return out
 
 # %% ../nbs/82_evaluate.ipynb #0f929048
+def _combo_image(g: np.ndarray, codes: list[str], p) -> tuple[int, int, int]:
+    "(pills right: matched at IoU ≥ 0.5 with the right code, pills matched, pills predicted) of one combination image."
+    boxes = np.asarray([q.box_xyxy for q in p.pills], float).reshape(-1, 4)
+    m = match_pills(g, boxes)
+    return sum(codes[i] == p.pills[j].code for i, j in m), len(m), len(boxes)
+
 def combo_metrics(gts: list[np.ndarray], gt_codes: list[list[str]], preds: list) -> dict:
     "Per-pill precision/recall (a pill correct when matched at IoU ≥ 0.5 with the right code) and images all right."
     n_gt = n_pred = correct = found = all_right = 0
     for g, codes, p in zip(gts, gt_codes, preds):
-        boxes = np.asarray([q.box_xyxy for q in p.pills], float).reshape(-1, 4)
-        m = match_pills(g, boxes)
-        ok = sum(codes[i] == p.pills[j].code for i, j in m)
-        n_gt, n_pred, correct, found = n_gt + len(g), n_pred + len(boxes), correct + ok, found + len(m)
-        all_right += ok == len(g) == len(boxes)
+        ok, n_found, n_boxes = _combo_image(g, codes, p)
+        n_gt, n_pred, correct, found = n_gt + len(g), n_pred + n_boxes, correct + ok, found + n_found
+        all_right += ok == len(g) == n_boxes
     return dict(images=len(gts), pills=n_gt, predicted=n_pred, correct=correct, detected=found,
                 precision=correct / n_pred if n_pred else None, recall=correct / n_gt if n_gt else None,
                 images_all_right=all_right / len(gts) if gts else None,
@@ -228,6 +232,7 @@ class EvalResult:
     metrics: dict
     gates: list[dict]
     path: Path | None = None
+    predictions: pd.DataFrame | None = None  # one row per image (`PREDICTION_COLUMNS`)
     def __repr__(self):
         return f'EvalResult({self.run}, split={self.split}, stage {self.stage})\n' + gates_table(self.gates)
     @property
@@ -253,16 +258,18 @@ def _split_items(manifest: Path, split: str, max_images: int | None, seed: int) 
     return df.reset_index(drop=True), manifest_data_root(manifest)
 
 # %% ../nbs/82_evaluate.ipynb #c35ac569
-def _classification(pr: TwoStagePredictor, files: list, codes: list, batch: int, conf: float) -> dict:
-    "Classification metrics of single mode for each crop policy the run allows; the default's figures on top."
+def _classification(pr: TwoStagePredictor, files: list, codes: list, batch: int, conf: float) -> tuple[dict, list]:
+    "Classification metrics of single mode for each crop policy the run allows, the default's on top; its predictions."
     index = {c: i for i, c in enumerate(pr.codes)}
     y = np.array([index.get(c, -1) for c in codes])
-    out, default = {}, pr.single_crop
+    out, default, kept = {}, pr.single_crop, []
     for crop in (['whole', 'detect'] if pr.detector else ['whole']):
         pr.single_crop = crop
         probs = []
         for i in range(0, len(files), batch):
-            for p in pr.predict(files[i:i + batch], 'single', conf, top_k=len(pr.codes)):
+            got = pr.predict(files[i:i + batch], 'single', conf, top_k=len(pr.codes))
+            if crop == default: kept += got
+            for p in got:
                 q = np.zeros(len(pr.codes)); q[[index[t['code']] for t in p.pills[0].top_k]] = [t['confidence'] for t in p.pills[0].top_k]
                 probs.append(q)
         out[crop] = classification_metrics(y, np.array(probs).reshape(len(files), len(pr.codes)), pr.classifier.classes)
@@ -270,23 +277,53 @@ def _classification(pr: TwoStagePredictor, files: list, codes: list, batch: int,
     top1 = {k: v['top1'] for k, v in out.items()}
     return {**out[default], 'single_crop': default, 'top1_by_crop': top1,
             'best_crop': max(top1, key=lambda k: -1 if top1[k] is None else top1[k]), 'by_crop': {k: {
-                kk: vv for kk, vv in v.items() if kk not in ('per_class', 'confused_pairs')} for k, v in out.items()}}
+                kk: vv for kk, vv in v.items() if kk not in ('per_class', 'confused_pairs')} for k, v in out.items()}}, kept
 
-def _detection(pr: TwoStagePredictor, imgs: list, gts: list, gt_codes: list, batch: int, conf: float) -> tuple[dict, dict]:
-    "(detection metrics at conf 0.001, end-to-end combination metrics at `conf`)."
+def _detection(pr: TwoStagePredictor, imgs: list, gts: list, gt_codes: list, batch: int, conf: float) -> tuple[dict, dict, list]:
+    "(detection metrics at conf 0.001, end-to-end combination metrics at `conf`, the combination predictions)."
     from PIL import Image
     raw = []
     for i in range(0, len(imgs), batch):
         raw += pr.detector([Image.open(p).convert('RGB') for p in imgs[i:i + batch]], conf=0.001)
     preds = []
     for i in range(0, len(imgs), batch): preds += pr.predict(imgs[i:i + batch], 'combo', conf)
-    return detection_metrics(gts, raw), combo_metrics(gts, gt_codes, preds)
+    return detection_metrics(gts, raw), combo_metrics(gts, gt_codes, preds), preds
+
+# %% ../nbs/82_evaluate.ipynb #c96ae330
+PREDICTION_COLUMNS = ['image', 'path', 'mode', 'true_codes', 'pred_codes', 'score', 'scores', 'boxes', 'correct']
+
+def prediction_rows(preds: list,  # `Prediction`s of the images, in order
+                    images: list[str],  # their manifest paths (relative to the data root)
+                    true_codes: list[list[str]],  # the codes each image holds
+                    correct: list[bool]) -> pd.DataFrame:
+    "`PREDICTION_COLUMNS` rows of evaluated images: truth, prediction and whether it is right."
+    return pd.DataFrame(dict(
+        image=images, path=[p.image for p in preds], mode=[p.mode for p in preds], true_codes=['|'.join(c) for c in true_codes],
+        pred_codes=['|'.join(q.code for q in p.pills) for p in preds], score=[min((q.score for q in p.pills), default=0.0) for p in preds],
+        scores=[[q.score for q in p.pills] for p in preds], boxes=[[xyxy_to_xywh(q.box_xyxy) for q in p.pills] for p in preds],
+        correct=np.asarray(correct, bool)), columns=PREDICTION_COLUMNS)
+
+def eval_dir(run, split: str) -> Path:
+    "The folder of a run's evaluation on `split`: `<run>/eval/<split>`."
+    return Path(run)/'eval'/split
+
+def read_predictions(source,  # a run folder, its eval folder, an eval/<split> folder or a predictions file
+                     split: str | None = None,  # which split of a run; None: test if evaluated, else val
+                    ) -> pd.DataFrame:
+    "The predictions table `evaluate` wrote, found from a run or eval folder."
+    p = Path(source)
+    if p.is_dir() and (p/'eval').is_dir(): p = p/'eval'
+    if p.is_dir() and p.name == 'eval':
+        p = p/(split or next((s for s in ('test', 'val') if (p/s/'predictions.parquet').exists()), 'val'))
+    if p.is_dir(): p = p/'predictions.parquet'
+    if not p.exists(): raise FileNotFoundError(f'{p}: no predictions table; run `pillsnap evaluate` on the run first')
+    return pd.read_parquet(p)
 
 # %% ../nbs/82_evaluate.ipynb #fd266cc6
 def evaluate(run,  # a run folder (pillsnap train)
              split: str = 'val',  # 'val' or 'test' (the official AIHub val tree)
              mode: str = 'both',  # 'single', 'combo' or 'both'
-             soak: float | None = None,  # minutes of soak test (fractions allowed); None: no soak
+             soak_minutes: float | None = None,  # minutes of soak test (fractions allowed); None: no soak (CLI `--soak`)
              stage: int | None = None,  # the gates' stage; None: the manifest's
              gates: dict | None = None,  # threshold overrides ({metric: v} or {stage: {metric: v}})
              conf: float = 0.3,  # detection confidence of combo predictions
@@ -295,7 +332,7 @@ def evaluate(run,  # a run folder (pillsnap train)
              device: str = 'cpu', seed: int = 42,
              write: bool = True,  # merge into run/metrics.json
             ) -> EvalResult:
-    "Evaluate a run on a split of its manifest: metrics, latency, optional soak, gates; written to run/metrics.json."
+    "Evaluate a run on a split of its manifest: metrics, latency, optional soak, gates → run/metrics.json; predictions → run/eval/split."
     if mode not in ('single', 'combo', 'both'): raise ValueError(f"mode must be 'single', 'combo' or 'both', not {mode!r}")
     run = Path(run).resolve(); manifest = run_manifest(run)
     stage = stage or json.loads((manifest/'sampling_report.json').read_text(encoding='utf-8'))['stage']
@@ -306,24 +343,33 @@ def evaluate(run,  # a run folder (pillsnap train)
     m = dict(split=split, mode=mode, stage=stage, evaluated_at=kst_now(), seed=seed, device=device_name(device),
              conf=conf, manifest=str(manifest), classifier=str(pr.classifier.path),
              detector=str(pr.detector.path) if pr.detector else None, latency={}, throughput={})
+    rows = []
     if mode in ('single', 'both') and len(singles):
-        m['classification'] = _classification(pr, sfiles, singles.codes.tolist(), batch, conf)
+        m['classification'], preds = _classification(pr, sfiles, singles.codes.tolist(), batch, conf)
+        rows.append(prediction_rows(preds, singles.path.tolist(), [[c] for c in singles.codes],
+                                    [p.pills[0].code == c for p, c in zip(preds, singles.codes)]))
         m['latency']['single'] = measure_latency(pr, sfiles, 'single', latency_images)
         m['throughput']['single'] = measure_throughput(pr, sfiles, 'single', throughput_batch)
     if mode in ('combo', 'both') and len(combos) and pr.detector:
         gts = [gt_boxes_xyxy(b) for b in combos.boxes]
-        m['detection'], m['combo'] = _detection(pr, cfiles, gts, [c.split('|') for c in combos.codes], batch, conf)
+        codes = [c.split('|') for c in combos.codes]
+        m['detection'], m['combo'], preds = _detection(pr, cfiles, gts, codes, batch, conf)
+        right = [ok == len(g) == n for g, c, p in zip(gts, codes, preds) for ok, _, n in [_combo_image(g, c, p)]]
+        rows.append(prediction_rows(preds, combos.path.tolist(), codes, right))
         m['latency']['combo'] = measure_latency(pr, cfiles, 'combo', latency_images, conf=conf)
         m['throughput']['combo'] = measure_throughput(pr, cfiles, 'combo', throughput_batch, conf)
-    if soak:
+    if soak_minutes:
         smode = 'combo' if mode == 'combo' else 'single'
-        m['soak'] = globals()['soak'](pr, cfiles if smode == 'combo' else sfiles or cfiles, soak, smode, conf)
+        m['soak'] = soak(pr, cfiles if smode == 'combo' else sfiles or cfiles, soak_minutes, smode, conf)
     m['figures'] = figures = dict(top1=(m.get('classification') or {}).get('top1'),
                                   p95_ms=(m['latency'].get('single') or {}).get('p95'),
                                   combo_map50=(m.get('detection') or {}).get('map50'))
     m['gates'] = check_gates(figures, stage, gates)
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=PREDICTION_COLUMNS)
+    if write: m['predictions'] = str(write_table(table, eval_dir(run, split)/'predictions.parquet'))
+    if write: write_table(table, eval_dir(run, split)/'predictions.csv')
     path = merge_metrics(run, split, m) if write else None
-    return EvalResult(run, split, stage, m, m['gates'], path)
+    return EvalResult(run, split, stage, m, m['gates'], path, table)
 
 # %% ../nbs/82_evaluate.ipynb #4f1fa459
 def plot_confused_pairs(res: EvalResult, n: int = 10):

@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['KST', 'TRACKED_PACKAGES', 'kst_now', 'current_umask', 'atomic_path', 'write_text', 'write_json', 'write_table',
-           'package_versions', 'FolderTaken', 'check_run_folder', 'write_run_record', 'update_run_record',
-           'record_config']
+__all__ = ['KST', 'kst_now', 'atomic_path', 'write_text', 'write_json', 'write_table', 'package_versions', 'FolderTaken',
+           'check_run_folder', 'write_run_record', 'update_run_record', 'record_config']
 
 # %% ../nbs/02_outputs.ipynb #8a93e777
 KST = ZoneInfo('Asia/Seoul')
@@ -26,7 +25,7 @@ def kst_now() -> str:
     return datetime.now(KST).isoformat(timespec='seconds')
 
 # %% ../nbs/02_outputs.ipynb #278609db
-def current_umask() -> int:
+def _current_umask() -> int:
     "The process umask (reading it means setting it, so it is set straight back)."
     mask = os.umask(0); os.umask(mask)
     return mask
@@ -38,7 +37,7 @@ def atomic_path(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes files private; outputs get the usual mode
+    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes files private; outputs get the usual mode
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -84,14 +83,14 @@ def write_table(df: pd.DataFrame, path: str | Path,
     return path
 
 # %% ../nbs/02_outputs.ipynb #f0e67dba
-TRACKED_PACKAGES = ('pillsnap', 'torch', 'torchvision', 'timm', 'ultralytics', 'numpy', 'pandas', 'pyarrow', 'pillow')
+_TRACKED_PACKAGES = ('pillsnap', 'torch', 'torchvision', 'timm', 'ultralytics', 'numpy', 'pandas', 'pyarrow', 'pillow')
 
 def package_versions() -> dict:
     "Installed versions of the packages a result depends on."
     def version(name):
         try: return metadata.version(name)
         except metadata.PackageNotFoundError: return None
-    return {'python': platform.python_version(), **{n: version(n) for n in TRACKED_PACKAGES}}
+    return {'python': platform.python_version(), **{n: version(n) for n in _TRACKED_PACKAGES}}
 
 # %% ../nbs/02_outputs.ipynb #7f607261
 class FolderTaken(FileExistsError):

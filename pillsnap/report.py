@@ -9,23 +9,22 @@ import pandas as pd
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['AIHUB_RELEASE', 'pill_codes', 'kind_summary', 'plot_kind_counts', 'images_per_class', 'plot_images_per_class',
-           'class_coverage', 'plot_combo_pill_counts', 'plot_camera_coverage', 'quarantine_summary',
-           'plot_manifest_classes']
+__all__ = ['AIHUB_RELEASE', 'kind_summary', 'plot_kind_counts', 'images_per_class', 'plot_images_per_class', 'class_coverage',
+           'plot_combo_pill_counts', 'plot_camera_coverage', 'quarantine_summary', 'plot_manifest_classes']
 
 # %% ../nbs/50_report.ipynb #976584a8
 AIHUB_RELEASE = pd.DataFrame({'images': [2_317_362, 16_187], 'classes': [3_724, 4_047]},
                              index=pd.Index(['single', 'combo'], name='kind'))
 
 # %% ../nbs/50_report.ipynb #0b8e42cb
-def pill_codes(inv: pd.DataFrame) -> pd.DataFrame:
+def _pill_codes(inv: pd.DataFrame) -> pd.DataFrame:
     "`inv` with one row per (image, K-code) and the code in a `code` column."
     return inv.assign(code=inv.codes.str.split('|')).explode('code')
 
 # %% ../nbs/50_report.ipynb #687c75b9
 def kind_summary(inv: pd.DataFrame) -> pd.DataFrame:
     "Images and distinct codes per kind, with the single:combo ratio of this inventory and of the real release."
-    codes = pill_codes(inv)
+    codes = _pill_codes(inv)
     out = pd.DataFrame({'images': inv.groupby('kind').size(), 'classes': codes.groupby('kind').code.nunique()})
     out = out.reindex(['single', 'combo']).fillna(0).astype(int)
     out['share'] = (out.images/out.images.sum()).round(4)
@@ -51,7 +50,7 @@ def plot_kind_counts(inv: pd.DataFrame) -> plt.Figure:
 # %% ../nbs/50_report.ipynb #b3b88779
 def images_per_class(inv: pd.DataFrame) -> pd.DataFrame:
     "Images per K-code and kind (a combination image counts once for each of its codes)."
-    codes = pill_codes(inv)
+    codes = _pill_codes(inv)
     return codes.groupby(['code', 'kind']).size().unstack('kind', fill_value=0).reindex(columns=['single', 'combo'], fill_value=0)
 
 def plot_images_per_class(inv: pd.DataFrame) -> plt.Figure:
@@ -69,7 +68,7 @@ def plot_images_per_class(inv: pd.DataFrame) -> plt.Figure:
 # %% ../nbs/50_report.ipynb #8168b060
 def class_coverage(inv: pd.DataFrame) -> pd.DataFrame:
     "Number of codes in each place: single/combination, train/val, and the awkward ones only in one of them."
-    codes = pill_codes(inv)
+    codes = _pill_codes(inv)
     sets = {f'{k}:{s}': set(g.code) for (k, s), g in codes.groupby(['kind', 'split'])}
     single = sets.get('single:train', set()) | sets.get('single:val', set())
     combo = sets.get('combo:train', set()) | sets.get('combo:val', set())

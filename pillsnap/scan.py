@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes, glob, json, math, os, re, signal, sys, warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -590,10 +590,17 @@ CACHE_DTYPES = {'path': 'str', 'what': 'str', **{k: 'int64' for k in STAT_COLUMN
                 'width': 'float64', 'height': 'float64', 'back_color': 'str', 'light_color': 'str', 'box': 'Int64',
                 'x': 'float64', 'y': 'float64', 'w': 'float64', 'h': 'float64', **{k: 'str' for k in PILL_TEXT}}
 
+_CACHE_TYPES = {k: pd.api.types.pandas_dtype(t) for k, t in CACHE_DTYPES.items()}
+
+@cache
+def _no_cache_rows() -> pd.DataFrame: return pd.DataFrame(columns=list(CACHE_DTYPES)).astype(CACHE_DTYPES)
+
 def cache_frame(df: pd.DataFrame | None = None) -> pd.DataFrame:
-    "`df` (or no rows) with exactly the cache columns and types."
-    df = pd.DataFrame(columns=list(CACHE_DTYPES)) if df is None else df.reindex(columns=list(CACHE_DTYPES))
-    return df.astype(CACHE_DTYPES)
+    "`df` (or no rows) with exactly the cache columns and types (only the columns of another type are converted)."
+    if df is None: return _no_cache_rows().copy()  # built once: a 27-column astype costs more than the scan of a folder
+    df = df.reindex(columns=list(CACHE_DTYPES))
+    wrong = {k: t for k, t in _CACHE_TYPES.items() if df[k].dtype != t}
+    return df.astype(wrong) if wrong else df
 
 def load_cache(out_dir: Path, root: Path | None = None,  # ignore a cache made from another data root
               ) -> pd.DataFrame:
@@ -652,8 +659,8 @@ def read_checked(root: Path, paths: pd.Series, what: str,  # 'label' (parse JSON
     rows = run_chunked(partial(reader, str(root)), fresh.tolist(), workers, f'{what}s', progress, chunk=chunk)
     if what == 'label': new = (rows if isinstance(rows, pa.Table) else rows_table([])).to_pandas()
     else: new = pd.DataFrame(rows, columns=list(IMAGE_COLUMNS))
-    new = new.assign(what=what)
-    return cache_frame(pd.concat([hits, cache_frame(new)], ignore_index=True)), len(fresh)
+    new = cache_frame(new.assign(what=what))
+    return (cache_frame(pd.concat([hits, new], ignore_index=True)) if len(hits) else new), len(fresh)
 
 # %% ../nbs/20_scan.ipynb #3906f3e1
 def save_cache(out_dir: Path, old: pd.DataFrame, new: pd.DataFrame,
@@ -787,6 +794,7 @@ def size_mismatches(images: pd.DataFrame, boxes: pd.DataFrame,  # `image_table` 
                     pngs: pd.DataFrame,  # verified PNGs with their real `width` and `height`
                    ) -> pd.DataFrame:
     "`path` and `message` of the images whose label JSON gives another size than the PNG has: boxes would be misplaced."
+    if pngs.width.isna().all(): return pd.DataFrame({'path': pd.Series(dtype='str'), 'message': pd.Series(dtype='str')})
     said = boxes.dropna(subset=['width']).groupby('img')[['width', 'height']].first()
     said.insert(0, 'path', images.path.take(said.index).to_numpy())
     both = said.merge(pngs.dropna(subset=['width'])[['path', 'width', 'height']], on='path', suffixes=('', '_png'))
@@ -815,9 +823,11 @@ def check_contents(root: Path, out_dir: Path, images: pd.DataFrame, pairs: pd.Da
     "Box rows of the labels of images not dropped, faults found in them (and in the PNGs), `drop` updated, counts."
     needed = pairs[~drop[pairs.img.to_numpy()]]
     paths = {'label': needed.label} | ({'image': images.path[~drop]} if check == 'images' else {})
-    rows, n_read = read_files(root, out_dir, paths, walked, tops, workers, progress, no_cache)
+    with ThreadPoolExecutor(1) as side:  # the images' stat runs while the pool reads labels (a stat frees the GIL)
+        empty = None if check == 'images' else side.submit(empty_images, root, images.path[~drop])
+        rows, n_read = read_files(root, out_dir, paths, walked, tops, workers, progress, no_cache)
+        pngs = rows['image'] if check == 'images' else empty.result()
     boxes = label_boxes(needed, rows['label'])
-    pngs = rows['image'] if check == 'images' else empty_images(root, images.path[~drop])
     bad_png = image_faults(pngs)
     resized = size_mismatches(images, boxes, rows.get('image', cache_frame()))
     faults, bad_labels = label_faults(boxes, images)

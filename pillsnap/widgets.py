@@ -16,7 +16,7 @@ from .runlog import METRICS_FILE, LOG_FILE
 # %% auto #0
 __all__ = ['PRED_COLUMNS', 'RunWatch', 'plot_snapshot', 'figure_png', 'Watch', 'watch', 'parse_boxes', 'render_tile', 'grid',
            'to_png', 'read_images', 'DataExplorer', 'explore_images', 'hardest_first', 'pair_table', 'EvalExplorer',
-           'explore_eval']
+           'eval_predictions', 'explore_eval']
 
 # %% ../nbs/88_widgets.ipynb #cc4a61ea
 def _fmt(v, unit: str = '') -> str:
@@ -84,19 +84,24 @@ def figure_png(fig) -> bytes:
 # %% ../nbs/88_widgets.ipynb #9038d0c0
 class Watch:
     "A widget following a run folder (`.widget`), refreshed by a background thread until the run ends or `stop()`."
-    def __init__(self, run_dir: str | Path, every: float = 1.0, lines: int = 15, linger: float = 5.0):
+    def __init__(self, run_dir: str | Path, every: float = 1.0, lines: int = 15, linger: float = 5.0,
+                 plot_every: float = 10.0):  # seconds between plot redraws: one costs 0.3-1 s of CPU; the text is live
         import ipywidgets as W
         self.run, self.every, self.linger, self._stop = RunWatch(run_dir, lines), every, linger, threading.Event()
+        self.plot_every, self._plotted, self._dirty = plot_every, -float('inf'), True
         self.plot, self.now = W.Image(format='png'), W.HTML()
         self.logbox = W.Textarea(layout=W.Layout(width='100%', height='16em'), disabled=True)
         self.widget = W.VBox([W.HTML(f'<b>run</b> <code>{run_dir}</code>'), self.plot, self.now, self.logbox])
-        self.update(); self._thread = threading.Thread(target=self._loop, daemon=True); self._thread.start()
+        self.update(force=True); self._thread = threading.Thread(target=self._loop, daemon=True); self._thread.start()
 
-    def update(self) -> bool:
-        "Poll the run and redraw when something changed."
+    def update(self, force: bool = False) -> bool:
+        "Poll the run; refresh the text when something changed, the plot at most every `plot_every` s (now if `force`)."
         changed = self.run.poll()
-        if changed or not self.plot.value:
+        self._dirty |= changed
+        if self._dirty and (force or time.monotonic() - self._plotted >= self.plot_every):
             self.plot.value = figure_png(plot_snapshot(self.run.metrics.snapshot()))
+            self._plotted, self._dirty = time.monotonic(), False
+        if changed or force:
             self.now.value = '<pre style="margin:0">' + self.run.summary().replace('&', '&amp;').replace('<', '&lt;') + '</pre>'
             self.logbox.value = '\n'.join(self.run.log.tail(self.run.lines))
         return changed
@@ -107,16 +112,20 @@ class Watch:
             quiet = 0.0 if self.update() else quiet + self.every
             if self.run.ended and quiet >= self.linger: break
 
-    def stop(self): "Stop refreshing (the training is not affected)."; self._stop.set()
+    def stop(self):
+        "Stop refreshing after one last update (the training is not affected)."
+        self._stop.set(); self._thread.join(); self.update(force=True)
     def _ipython_display_(self):
         from IPython.display import display
         display(self.widget)
 
 def watch(run_dir: str | Path,  # a run folder being written (or finished)
           every: float = 1.0,  # seconds between refreshes
-          lines: int = 15) -> Watch:  # log lines shown
+          lines: int = 15,  # log lines shown
+          starting: bool = False,  # a training about to start in this folder: it need not exist yet
+         ) -> Watch:
     "Live plot, current values and last log lines of a training run in JupyterLab; `.stop()` ends the refresh."
-    if not Path(run_dir).is_dir(): raise FileNotFoundError(f'{run_dir}: no such run folder')
+    if not starting and not Path(run_dir).is_dir(): raise FileNotFoundError(f'{run_dir}: no such run folder')
     return Watch(run_dir, every, lines)
 
 # %% ../nbs/88_widgets.ipynb #f621b54f
@@ -324,11 +333,24 @@ class EvalExplorer:
                                      self.size, color=(40, 160, 40)))
         return grid(tiles, cols=2)
 
+# %% ../nbs/88_widgets.ipynb #181113ff
+def eval_predictions(source,  # `evaluate`'s predictions table, or a run folder, eval folder or predictions file
+                     split: str | None = None,  # a run's split; None: test if evaluated, else val
+                    ) -> pd.DataFrame:
+    "The explorer's columns (path, true_code, pred_code, score, boxes) of what `evaluate` predicted."
+    if not isinstance(source, pd.DataFrame):
+        from pillsnap.evaluate import read_predictions  # torch only when an evaluation is read
+        source = read_predictions(source, split)
+    return source.rename(columns={'true_codes': 'true_code', 'pred_codes': 'pred_code'})
+
 # %% ../nbs/88_widgets.ipynb #ad6d4279
-def explore_eval(preds: pd.DataFrame,  # columns path, true_code, pred_code, score (boxes optional)
-                 references: dict | None = None, per_page: int = 4, size: int = 224):
+def explore_eval(preds,  # a run or eval folder (what `evaluate` wrote), or a table: path, true_code, pred_code, score
+                 references: dict | None = None, per_page: int = 4, size: int = 224,
+                 split: str | None = None,  # a run's split; None: test if evaluated, else val
+                ):
     "A JupyterLab explorer of an evaluation's wrong predictions, hardest pairs first, true and predicted side by side."
     import ipywidgets as W
+    preds = eval_predictions(preds, split)
     ex = EvalExplorer(preds, references, per_page, size)
     pairs = pair_table(preds)
     pick = W.Dropdown(options=[('all pairs', None)] + [(f'{t} → {p} ({n})', (t, p)) for t, p, n in

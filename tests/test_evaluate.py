@@ -3,12 +3,12 @@ when missing), a few seconds of soak with real measurements, and the readiness r
 import json
 import pytest
 from eval_run import tiny_run  # noqa: F401 (fixture)
-from pillsnap.evaluate import check_gates, evaluate, readiness
+from pillsnap.evaluate import check_gates, evaluate, read_predictions, readiness
 
 
 @pytest.fixture(scope='module')
 def result(tiny_run):
-    return evaluate(tiny_run, split='test', mode='both', soak=0.08, max_images=16, latency_images=8, throughput_batch=4)
+    return evaluate(tiny_run, split='test', mode='both', soak_minutes=0.08, max_images=16, latency_images=8, throughput_batch=4)
 
 
 def test_metrics_are_measured_and_written(tiny_run, result):
@@ -35,6 +35,16 @@ def test_gates_fail_below_threshold_and_missing_is_not_measured(result):
     g = {x['metric']: x['status'] for x in check_gates({**f, 'combo_map50': None}, 3, {'combo_map50': 0.0})}
     assert g['combo_map50'] == 'not measured'
     assert [x['status'] for x in check_gates({}, 1)] == ['not measured'] * 2
+
+
+def test_predictions_table_holds_the_answers_the_metrics_counted(tiny_run, result):
+    p = read_predictions(tiny_run, 'test')
+    assert (tiny_run/'eval'/'test'/'predictions.csv').exists() and result.metrics['predictions'].endswith('predictions.parquet')
+    single, combo, m = p[p['mode'] == 'single'], p[p['mode'] == 'combo'], result.metrics
+    assert abs(single.correct.mean() - m['classification']['top1']) < 1e-6
+    assert len(combo) == m['combo']['images'] and combo.correct.sum() == round(m['combo']['images_all_right'] * len(combo))
+    assert combo.boxes.map(len).sum() == m['combo']['predicted'] == combo.scores.map(len).sum()
+    assert (combo.pred_codes.str.split('|').map(len) == combo.boxes.map(len)).where(combo.pred_codes != '', True).all()
 
 
 def test_soak_gives_real_measurements(result):
