@@ -11,8 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # %% auto #0
-__all__ = ['PROFILES', 'STAGES', 'PROFILE_ALIASES', 'STRATEGIES', 'ENV_VARS', 'PATH_KEYS', 'Profile', 'StagePlan', 'Config',
-           'MissingDataRoot', 'require_data_root', 'read_config_file', 'load_config']
+__all__ = ['PROFILES', 'STAGES', 'PROFILE_ALIASES', 'STRATEGIES', 'ENV_VARS', 'PATH_KEYS', 'Profile', 'StagePlan',
+           'resolve_profile', 'Config', 'MissingDataRoot', 'require_data_root', 'read_config_file', 'load_config']
 
 # %% ../nbs/01_config.ipynb #777b163f
 class Profile(BaseModel):
@@ -43,6 +43,14 @@ PROFILE_ALIASES = {'s': 'small', 'l': 'large'}  # the short names the training i
 
 STRATEGIES = ('single_only', 'max_combo', 'balanced', 'combo_light', 'target')
 
+# %% ../nbs/01_config.ipynb #423284a8
+def resolve_profile(name: str) -> str:
+    "The `PROFILES` key of `name`, which is a profile name or an alias (`s` → `small`, `l` → `large`)."
+    key = PROFILE_ALIASES.get(name, name) if isinstance(name, str) else name
+    if key not in PROFILES:
+        raise ValueError(f'unknown profile {name!r}: use one of {", ".join([*PROFILES, *PROFILE_ALIASES])}')
+    return key
+
 # %% ../nbs/01_config.ipynb #e5fabfd2
 class Config(BaseModel):
     "Resolved settings of one PillSnap run."
@@ -62,7 +70,7 @@ class Config(BaseModel):
 
     @field_validator('profile', mode='before')
     @classmethod
-    def expand_alias(cls, v): return PROFILE_ALIASES.get(v, v)
+    def expand_alias(cls, v): return v if v is None else resolve_profile(v)
 
     @model_validator(mode='after')
     def ratio_needs_target(self):
