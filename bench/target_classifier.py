@@ -39,6 +39,7 @@ def main():
     ap.add_argument('--batch-size', type=int, default=32); ap.add_argument('--lr', type=float, default=3e-3)
     ap.add_argument('--threads', type=int, default=1); ap.add_argument('--out', default='reports')
     ap.add_argument('--model', help='override the tiny profile model (timm name)'); ap.add_argument('--img-size', type=int)
+    ap.add_argument('--ema', action='store_true', help='keep an EMA of the weights (validated and saved as the model)')
     ap.add_argument('--report-only', action='store_true', help='write the report of the run as it is, train nothing')
     ap.add_argument('--name', default='classifier_target', help='report file name (without suffix)')
     ap.add_argument('--note', default='', help='a paragraph of analysis added to the report')
@@ -47,7 +48,7 @@ def main():
     if not a.report_only:
         c0, w0 = time.process_time(), time.perf_counter()
         train_classifier(m, work/a.tag, profile='tiny', epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, model=a.model,
-                         img_size=a.img_size, threads=a.threads, cache_dir=work/'cache', resume=True, progress=False)
+                         img_size=a.img_size, threads=a.threads, ema=a.ema, cache_dir=work/'cache', resume=True, progress=False)
         (work/a.tag/'cpu.json').write_text(json.dumps(dict(cpu_s=round(time.process_time() - c0, 1),
                                                            wall_s=round(time.perf_counter() - w0, 1))))
     cpu = json.loads((work/a.tag/'cpu.json').read_text()) if (work/a.tag/'cpu.json').exists() else None

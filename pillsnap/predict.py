@@ -13,9 +13,10 @@ from .cache import CACHE_SIZE, MARGIN, crop_image
 from .offline import configure_offline
 
 # %% auto #0
-__all__ = ['MODES', 'ONNX_META_KEY', 'Pill', 'Prediction', 'clip_box', 'xyxy_to_xywh', 'RunMismatch', 'TorchClassifier',
-           'OnnxClassifier', 'load_classifier_backend', 'crop_tensor', 'Detector', 'run_files', 'check_class_map',
-           'TwoStagePredictor', 'draw_prediction', 'PredictResult', 'split_weights', 'predict']
+__all__ = ['MODES', 'ONNX_META_KEY', 'SINGLE_CROPS', 'Pill', 'Prediction', 'clip_box', 'xyxy_to_xywh', 'RunMismatch',
+           'TorchClassifier', 'OnnxClassifier', 'load_classifier_backend', 'crop_tensor', 'foreground_box', 'Detector',
+           'run_files', 'check_class_map', 'TwoStagePredictor', 'draw_prediction', 'PredictResult', 'split_weights',
+           'predict']
 
 # %% ../nbs/80_predict.ipynb #180274dc
 MODES = ('single', 'combo')
@@ -116,6 +117,22 @@ def crop_tensor(img: Image.Image, box_xywh, transform_cfg: dict, cache_size: int
     x = (x - np.asarray(transform_cfg['mean'], np.float32)) / np.asarray(transform_cfg['std'], np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
+# %% ../nbs/80_predict.ipynb #d177a42d
+def foreground_box(img: Image.Image, max_side: int = 320) -> list[float] | None:
+    "Pixel (x1, y1, x2, y2) box of the largest region unlike the image border (a pill on a plain tray), or None."
+    import cv2
+    f = max(1, -(-max(img.size) // max_side))  # reduce by an integer factor to at most `max_side`
+    a = np.asarray(img.convert('RGB').reduce(f) if f > 1 else img.convert('RGB'), np.int16)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    diff = np.clip(np.abs(a - np.median(border, 0)).sum(2), 0, 255).astype(np.uint8)
+    if diff.max() < 24: return None  # nothing stands out from the tray
+    _, mask = cv2.threshold(diff, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    n, _, st, _ = cv2.connectedComponentsWithStats(mask)
+    if n < 2: return None
+    x, y, w, h, area = st[1 + int(np.argmax(st[1:, cv2.CC_STAT_AREA]))]
+    if area < 16 or w * h > 0.9 * a.shape[0] * a.shape[1]: return None
+    return [float(x * f), float(y * f), float(min((x + w) * f, img.width)), float(min((y + h) * f, img.height))]
+
 # %% ../nbs/80_predict.ipynb #df4b0c61
 def _detector_imgsz(path: Path, yolo) -> int | None:
     "The image size the detector was trained (or exported) at."
@@ -160,10 +177,12 @@ def check_class_map(run_dir, pinned: str | None, backend):
                           f'{pinned[:12]}… (class_map.sha256): refusing to predict with mismatched class ids')
 
 # %% ../nbs/80_predict.ipynb #aebc6ae2
+SINGLE_CROPS = ('detect', 'foreground', 'whole')  # single mode: the detected pill, the pill found on the tray, the photo
+
 class TwoStagePredictor:
     "Classifier (+ detector) from a run folder or explicit .pt/.onnx files; `predict(images, mode=...)`."
     def __init__(self, run_dir=None, *, classifier=None, detector=None, device='cpu',
-                 single_crop: str | None = None):  # 'detect' or 'whole'; None: 'detect' when there is a detector
+                 single_crop: str | None = None):  # 'detect', 'foreground' or 'whole'; None: 'detect' with a detector, else 'foreground'
         files = run_files(run_dir) if run_dir is not None else dict(classifier=None, detector=None, class_map_hash=None)
         cls, det = classifier or files['classifier'], detector or files['detector']
         if cls is None: raise FileNotFoundError(f'{run_dir}: no classifier weights (classifier/best.pt or last.pt); pass classifier=...')
@@ -171,8 +190,8 @@ class TwoStagePredictor:
         self.classifier = load_classifier_backend(cls, device)
         check_class_map(run_dir, files['class_map_hash'], self.classifier)
         self.detector = Detector(det, device) if det else None
-        if single_crop not in (None, 'detect', 'whole'): raise ValueError(f"single_crop must be 'detect' or 'whole', not {single_crop!r}")
-        self.single_crop = single_crop or ('detect' if self.detector else 'whole')
+        if single_crop not in (None, *SINGLE_CROPS): raise ValueError(f"single_crop must be one of {SINGLE_CROPS}, not {single_crop!r}")
+        self.single_crop = single_crop or ('detect' if self.detector else 'foreground')
         self.codes, self.names = self.classifier.classes.code.tolist(), self.classifier.classes.name.tolist()
 
     def __repr__(self):
@@ -210,7 +229,7 @@ def _as_image(x) -> tuple[str, Image.Image]:
 
 @patch
 def _boxes(self: TwoStagePredictor, imgs: list, mode: str, conf: float) -> tuple[list, float]:
-    "Per image: a list of (xyxy, det score); one whole-image entry in single mode without a detection."
+    "Per image: a list of (xyxy, det score); in single mode one entry: the top detection, else the foreground box, else the image."
     t0 = time.perf_counter()
     use_det = self.detector is not None and (mode == 'combo' or self.single_crop == 'detect')
     if mode == 'combo' and self.detector is None: raise ValueError('combo mode needs a detector: this predictor has none')
@@ -218,9 +237,14 @@ def _boxes(self: TwoStagePredictor, imgs: list, mode: str, conf: float) -> tuple
     out = []
     for img, (b, s) in zip(imgs, dets):
         items = list(zip(b.tolist(), s.tolist()))
-        if mode == 'single': items = items[:1] if items else [([0, 0, *img.size], None)]  # ultralytics sorts by confidence
+        if mode == 'single': items = items[:1] or [(self._fallback_box(img), None)]  # ultralytics sorts by confidence
         out.append(items)
     return out, (time.perf_counter() - t0) * 1000 if use_det else 0.
+
+@patch
+def _fallback_box(self: TwoStagePredictor, img: Image.Image) -> list[float]:
+    "The single-mode box without a detection: the foreground box (unless `single_crop='whole'`), else the whole image."
+    return (self.single_crop != 'whole' and foreground_box(img)) or [0., 0., float(img.width), float(img.height)]
 
 @patch
 def predict(self: TwoStagePredictor, images, mode: str = 'single', conf: float = 0.3, top_k: int = 5) -> list[Prediction]:
@@ -233,7 +257,7 @@ def predict(self: TwoStagePredictor, images, mode: str = 'single', conf: float =
     boxes, det_ms = self._boxes([im for _, im in named], mode, conf)
     c = self.classifier
     t1 = time.perf_counter()
-    crops = [crop_tensor(im, None if s is None else xyxy_to_xywh(b), c.transform_cfg, c.meta['cache_size'])
+    crops = [crop_tensor(im, xyxy_to_xywh(b), c.transform_cfg, c.meta['cache_size'])  # the image's own box = None
              for (_, im), items in zip(named, boxes) for b, s in items]
     res = self.classify(np.stack(crops) if crops else np.zeros((0,)), top_k)
     cls_ms = (time.perf_counter() - t1) * 1000
