@@ -61,13 +61,14 @@ def main():
     lines = ['# Classifier target: tiny profile on the synthetic set', '',
              f'Command: `python bench/target_classifier.py --work {a.work} --tag {a.tag} --per-class {a.per_class} '
              f'--epochs {cfg["epochs"]} --batch-size {cfg["batch_size"]} --lr {cfg["lr"]} --threads {cfg["threads"]} '
-             f'--model {cfg["model"]} --img-size {cfg["img_size"]}`' + (f' (run stopped after epoch {len(ep)} of {cfg["epochs"]})'
+             f'--model {cfg["model"]} --img-size {cfg["img_size"]}' + (' --ema' if cfg.get('ema') else '') + '`' + (f' (run stopped after epoch {len(ep)} of {cfg["epochs"]})'
              if len(ep) < cfg['epochs'] else ''), '',
              f'Data: synth(classes=30, per_class={a.per_class}, combos=12, scale=0.25), manifest max_combo (every image), '
              f'group split; {int(start.train_crops)} train crops / {int(start.val_crops)} val crops, {int(start.classes)} head classes '
              '(twin classes differing only by imprint included).',
              f'Model: {cfg["model"]} at {cfg["img_size"]} px, batch {cfg["batch_size"]}, AdamW lr {cfg["lr"]}, cosine with '
-             f'warm-up, label smoothing {cfg["label_smoothing"]}, {cfg["threads"]} CPU thread(s), random init.', '',
+             f'warm-up, label smoothing {cfg["label_smoothing"]}, {cfg["threads"]} CPU thread(s), random init'
+             + (f', EMA of the weights (decay {cfg["ema_decay"]}).' if cfg.get('ema') else '.'), '',
              f'**Best val top-1 {best.top1:.3f}** (epoch {int(best.epoch)}; top-5 {best.top5:.3f}, macro-F1 {best.macro_f1:.3f}); '
              + (f'top-1 ≥ 0.95 first at epoch {int(reached.epoch.iloc[0])} after {ep.epoch_time_s[:reached.index[0] + 1].sum():.0f} s of '
                 'training wall time.' if len(reached) else '**the 0.95 target was not reached.**'),
