@@ -275,13 +275,15 @@ def predict(self: TwoStagePredictor, images, mode: str = 'single', conf: float =
 def predict_files(self: TwoStagePredictor, paths, mode: str = 'single', conf: float = 0.3, top_k: int = 5,
                   batch: int = 1) -> tuple[list[Prediction], list[dict]]:
     "(predictions, errors) for image files; an unreadable file gives an error {image, error} and the batch goes on."
-    results, errors, ok = [], [], []
-    for p in map(str, paths):
-        try: _as_image(p); ok.append(p)
-        except Exception as e: errors.append(dict(image=p, error=str(e)))
-    for i in range(0, len(ok), batch):
-        try: results += self.predict(ok[i:i + batch], mode, conf, top_k)
-        except Exception as e: errors += [dict(image=p, error=f'{type(e).__name__}: {e}') for p in ok[i:i + batch]]
+    results, errors, paths = [], [], [str(p) for p in paths]
+    for i in range(0, len(paths), batch):  # each file is decoded once; a failed batch is redone file by file
+        try: results += self.predict(paths[i:i + batch], mode, conf, top_k); continue
+        except Exception: pass
+        for p in paths[i:i + batch]:
+            try: _as_image(p)
+            except Exception as e: errors.append(dict(image=p, error=str(e))); continue
+            try: results += self.predict(p, mode, conf, top_k)
+            except Exception as e: errors.append(dict(image=p, error=f'{type(e).__name__}: {e}'))
     return results, errors
 
 # %% ../nbs/80_predict.ipynb #39a73a5f
