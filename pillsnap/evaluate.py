@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .outputs import kst_now, write_json, write_text
-from .predict import TwoStagePredictor, xyxy_to_xywh
+from .predict import SINGLE_CROPS, TwoStagePredictor, xyxy_to_xywh
 
 # %% auto #0
 __all__ = ['GATES', 'GATE_RULES', 'IOU_THRESHOLDS', 'stage_gates', 'check_gates', 'gates_table', 'classification_metrics',
@@ -258,7 +258,7 @@ def _classification(pr: TwoStagePredictor, files: list, codes: list, batch: int,
     index = {c: i for i, c in enumerate(pr.codes)}
     y = np.array([index.get(c, -1) for c in codes])
     out, default = {}, pr.single_crop
-    for crop in (['whole', 'detect'] if pr.detector else ['whole']):
+    for crop in (SINGLE_CROPS if pr.detector else ('foreground', 'whole')):  # the default is among them
         pr.single_crop = crop
         probs = []
         for i in range(0, len(files), batch):
