@@ -39,6 +39,7 @@ def main():
     ap.add_argument('--batch-size', type=int, default=32); ap.add_argument('--lr', type=float, default=3e-3)
     ap.add_argument('--threads', type=int, default=1); ap.add_argument('--out', default='reports')
     ap.add_argument('--model', help='override the tiny profile model (timm name)'); ap.add_argument('--img-size', type=int)
+    ap.add_argument('--ema', action='store_true', help='keep an EMA of the weights (validated and saved as the model)')
     ap.add_argument('--report-only', action='store_true', help='write the report of the run as it is, train nothing')
     ap.add_argument('--name', default='classifier_target', help='report file name (without suffix)')
     ap.add_argument('--note', default='', help='a paragraph of analysis added to the report')
@@ -47,7 +48,7 @@ def main():
     if not a.report_only:
         c0, w0 = time.process_time(), time.perf_counter()
         train_classifier(m, work/a.tag, profile='tiny', epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, model=a.model,
-                         img_size=a.img_size, threads=a.threads, cache_dir=work/'cache', resume=True, progress=False)
+                         img_size=a.img_size, threads=a.threads, ema=a.ema, cache_dir=work/'cache', resume=True, progress=False)
         (work/a.tag/'cpu.json').write_text(json.dumps(dict(cpu_s=round(time.process_time() - c0, 1),
                                                            wall_s=round(time.perf_counter() - w0, 1))))
     cpu = json.loads((work/a.tag/'cpu.json').read_text()) if (work/a.tag/'cpu.json').exists() else None
@@ -60,13 +61,14 @@ def main():
     lines = ['# Classifier target: tiny profile on the synthetic set', '',
              f'Command: `python bench/target_classifier.py --work {a.work} --tag {a.tag} --per-class {a.per_class} '
              f'--epochs {cfg["epochs"]} --batch-size {cfg["batch_size"]} --lr {cfg["lr"]} --threads {cfg["threads"]} '
-             f'--model {cfg["model"]} --img-size {cfg["img_size"]}`' + (f' (run stopped after epoch {len(ep)} of {cfg["epochs"]})'
+             f'--model {cfg["model"]} --img-size {cfg["img_size"]}' + (' --ema' if cfg.get('ema') else '') + '`' + (f' (run stopped after epoch {len(ep)} of {cfg["epochs"]})'
              if len(ep) < cfg['epochs'] else ''), '',
              f'Data: synth(classes=30, per_class={a.per_class}, combos=12, scale=0.25), manifest max_combo (every image), '
              f'group split; {int(start.train_crops)} train crops / {int(start.val_crops)} val crops, {int(start.classes)} head classes '
              '(twin classes differing only by imprint included).',
              f'Model: {cfg["model"]} at {cfg["img_size"]} px, batch {cfg["batch_size"]}, AdamW lr {cfg["lr"]}, cosine with '
-             f'warm-up, label smoothing {cfg["label_smoothing"]}, {cfg["threads"]} CPU thread(s), random init.', '',
+             f'warm-up, label smoothing {cfg["label_smoothing"]}, {cfg["threads"]} CPU thread(s), random init'
+             + (f', EMA of the weights (decay {cfg["ema_decay"]}).' if cfg.get('ema') else '.'), '',
              f'**Best val top-1 {best.top1:.3f}** (epoch {int(best.epoch)}; top-5 {best.top5:.3f}, macro-F1 {best.macro_f1:.3f}); '
              + (f'top-1 ≥ 0.95 first at epoch {int(reached.epoch.iloc[0])} after {ep.epoch_time_s[:reached.index[0] + 1].sum():.0f} s of '
                 'training wall time.' if len(reached) else '**the 0.95 target was not reached.**'),

@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .cache import CACHE_SIZE, build_cache, load_crop
 from .classmap import ClassMap
-from .config import PROFILES
+from .config import PROFILES, resolve_profile
 from .offline import configure_offline
 from .outputs import kst_now, write_json
 from .runlog import RunLog, memory_fields
@@ -25,22 +25,15 @@ from .scale import (OOMGuard, OOMSafeMode, barrier, batch_plan, broadcast_object
                             resize_schedule, scaled_micro_batch)
 
 # %% auto #0
-__all__ = ['ALIASES', 'RECIPES', 'profile_name', 'ClassifierConfig', 'resolve_config', 'class_map_hash', 'ClassMapMismatch',
-           'head_classes', 'EpochSampler', 'CropDataset', 'collate_crops', 'pill_transforms', 'save_checkpoint',
-           'load_checkpoint', 'load_weights', 'create_classifier', 'ClassifierTrainer', 'train_classifier',
-           'load_classifier', 'eval_transform']
+__all__ = ['RECIPES', 'ClassifierConfig', 'resolve_config', 'class_map_hash', 'ClassMapMismatch', 'head_classes', 'EpochSampler',
+           'CropDataset', 'collate_crops', 'pill_transforms', 'save_checkpoint', 'load_checkpoint', 'load_weights',
+           'create_classifier', 'ClassifierTrainer', 'train_classifier', 'load_classifier', 'eval_transform']
 
 # %% ../nbs/72_classifier.ipynb #4c49a357
-ALIASES = {'s': 'small', 'l': 'large', 'm': 'small'}
 RECIPES = {'tiny': dict(model='test_efficientnet', img_size=96, batch_size=16, epochs=14, lr=3e-3, warmup_epochs=1),
            'small': dict(epochs=20, lr=1e-3, warmup_epochs=2),
            'large': dict(epochs=22, lr=5e-4, warmup_epochs=2)}
 
-def profile_name(profile: str) -> str:
-    "The canonical profile name of `profile` ('s' → 'small', 'l' → 'large')."
-    name = ALIASES.get(profile, profile)
-    if name not in PROFILES: raise ValueError(f'unknown profile {profile!r}: use one of {", ".join(PROFILES)} (or s, l)')
-    return name
 
 # %% ../nbs/72_classifier.ipynb #75308694
 @dataclass
@@ -74,7 +67,7 @@ class ClassifierConfig:
 def resolve_config(profile='tiny', epochs=None, img_size=None, batch_size=None, lr=None, seed=42, workers=None,
                    model=None, **kw) -> ClassifierConfig:
     "The `ClassifierConfig` of `profile` with the given overrides."
-    name = profile_name(profile); p, r = PROFILES[name], RECIPES[name]
+    name = resolve_profile(profile); p, r = PROFILES[name], RECIPES[name]
     img_size, batch = img_size or r.get('img_size', p.img_size), batch_size or r.get('batch_size', p.batch_size)
     if workers is None: workers = 0 if (os.cpu_count() or 1) <= 2 else min(8, os.cpu_count() - 1)
     if isinstance(kw.get('resize'), str): kw['resize'] = {**parse_resize(kw['resize']), 'multiple': 8 if name == 'tiny' else 32}

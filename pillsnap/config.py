@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # %% auto #0
 __all__ = ['PROFILES', 'STAGES', 'PROFILE_ALIASES', 'STRATEGIES', 'RESIZE_PATTERN', 'ENV_VARS', 'PATH_KEYS', 'MOVED', 'Profile',
-           'StagePlan', 'TrainSettings', 'Config', 'MissingDataRoot', 'require_data_root', 'read_config_file',
-           'load_config']
+           'StagePlan', 'TrainSettings', 'resolve_profile', 'Config', 'MissingDataRoot', 'require_data_root',
+           'read_config_file', 'load_config']
 
 # %% ../nbs/01_config.ipynb #777b163f
 class Profile(BaseModel):
@@ -69,6 +69,14 @@ class TrainSettings(BaseModel):
         "The settings that are set, as `pillsnap.train.train` keywords."
         return self.model_dump(exclude_none=True)
 
+# %% ../nbs/01_config.ipynb #423284a8
+def resolve_profile(name: str) -> str:
+    "The `PROFILES` key of `name`, which is a profile name or an alias (`s` → `small`, `l` → `large`)."
+    key = PROFILE_ALIASES.get(name, name) if isinstance(name, str) else name
+    if key not in PROFILES:
+        raise ValueError(f'unknown profile {name!r}: use one of {", ".join([*PROFILES, *PROFILE_ALIASES])}')
+    return key
+
 # %% ../nbs/01_config.ipynb #e5fabfd2
 class Config(BaseModel):
     "Resolved settings of one PillSnap run."
@@ -89,7 +97,7 @@ class Config(BaseModel):
 
     @field_validator('profile', mode='before')
     @classmethod
-    def expand_alias(cls, v): return PROFILE_ALIASES.get(v, v)
+    def expand_alias(cls, v): return v if v is None else resolve_profile(v)
 
     @model_validator(mode='after')
     def ratio_needs_target(self):

@@ -9,18 +9,16 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import yaml
 from fastcore.basics import patch
-from .config import PROFILES
+from .config import PROFILES, resolve_profile
 from .offline import configure_offline
 from .outputs import write_json
 from .runlog import RunLog, memory_fields
 
 # %% auto #0
-__all__ = ['PROFILE_ALIASES', 'DETECTOR_DEFAULTS', 'MODEL', 'profile_name', 'find_data_yaml', 'data_names', 'DetectorState',
-           'detector_state', 'StopTraining', 'DetectorTrainer', 'atomic_detection_trainer', 'DetectorResult',
-           'train_detector']
+__all__ = ['DETECTOR_DEFAULTS', 'MODEL', 'find_data_yaml', 'data_names', 'DetectorState', 'detector_state', 'StopTraining',
+           'DetectorTrainer', 'atomic_detection_trainer', 'DetectorResult', 'train_detector']
 
 # %% ../nbs/74_detector.ipynb #af41a14c
-PROFILE_ALIASES = {'s': 'small', 'l': 'large'}
 DETECTOR_DEFAULTS = {  # profile: image size, batch, epochs
     'tiny': dict(imgsz=128, batch=16, epochs=15),
     'small': dict(imgsz=640, batch=16, epochs=100),
@@ -28,11 +26,6 @@ DETECTOR_DEFAULTS = {  # profile: image size, batch, epochs
 }
 MODEL = 'detector'  # the `model` field of its JSONL records, and its folder in the run directory
 
-def profile_name(profile: str) -> str:
-    "The config's profile key for `profile` (`s` and `l` are short for `small` and `large`)."
-    name = PROFILE_ALIASES.get(profile, profile)
-    if name not in PROFILES: raise ValueError(f'unknown profile {profile!r}; use one of {sorted(PROFILES) + sorted(PROFILE_ALIASES)}')
-    return name
 
 # %% ../nbs/74_detector.ipynb #51a75488
 def find_data_yaml(path: str | Path) -> Path:
@@ -101,7 +94,7 @@ class DetectorTrainer:
                  log: RunLog | None = None,  # the run's stream (shared with the classifier); default: a new one in run_dir
                  workers: int | None = None, log_every: int = 10,  # a step record every `log_every` batches
                  plots: bool = False):  # ultralytics' plots (slow on CPU)
-        self.profile, self.run_dir = profile_name(profile), Path(run_dir).resolve()
+        self.profile, self.run_dir = resolve_profile(profile), Path(run_dir).resolve()
         self.data_yaml = find_data_yaml(data)
         self.names = data_names(self.data_yaml)
         d = DETECTOR_DEFAULTS[self.profile]

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, asdict
 from datetime import datetime
 from pathlib import Path
 import yaml
-from .detector import MODEL as DETECTOR, DetectorResult, DetectorTrainer, profile_name
+from .detector import MODEL as DETECTOR, DetectorResult, DetectorTrainer
+from .config import resolve_profile
 from .outputs import KST, kst_now, write_run_record, update_run_record, write_text
 from .runlog import RunLog, read_metrics
 from .scale import barrier, broadcast_object, init_distributed, parse_resize
@@ -243,7 +244,7 @@ def _params(manifest_dir: Path, run_dir, resume: bool, given: dict) -> tuple[Pat
     p = {**dict(epochs=None, weights=None, detector_weights=None, detector_epochs=None, cache_dir=None, workers=None),
          **given, 'manifest_dir': str(manifest_dir), 'stage': sp['stage'], 'strategy': sp['strategy']}
     p['target'], p['order'] = p.get('target') or default_target(sp['stage'], _train_combos(sp) > 0), p.get('order') or 'sequential'
-    p['profile'] = profile_name(p.get('profile') or 'tiny')
+    p['profile'] = resolve_profile(p.get('profile') or 'tiny')
     if p['order'] not in ORDERS: raise ValueError(f'order must be one of {ORDERS}, not {p["order"]!r}')
     models_of(p['target'])
     run_dir = Path(run_dir or default_run_dir(manifest_dir, p['profile'])).expanduser().resolve()

@@ -15,7 +15,7 @@ def test_metrics_are_measured_and_written(tiny_run, result):
     m = json.loads((tiny_run/'metrics.json').read_text())['test']
     c, d, e = m['classification'], m['detection'], m['combo']
     assert 0 <= c['top5'] <= 1 and c['top1'] <= c['top5'] and 0 <= c['macro_f1'] <= 1
-    assert set(c['top1_by_crop']) == {'whole', 'detect'} and c['single_crop'] == 'detect'
+    assert set(c['top1_by_crop']) == {'whole', 'foreground', 'detect'} and c['single_crop'] == 'detect'
     assert c['per_class'] and all(0 <= r['accuracy'] <= 1 for r in c['per_class'])
     assert 0 < d['map50'] <= 1 and d['map50_95'] <= d['map50'] and d['boxes'] > 0
     assert e['pills'] == d['boxes'] and 0 <= e['recall'] <= 1 and 0 <= e['images_all_right'] <= 1

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from eval_run import split_files, tiny_run  # noqa: F401 (fixture)
-from pillsnap.predict import RunMismatch, TwoStagePredictor, crop_tensor, predict
+from pillsnap.predict import RunMismatch, TwoStagePredictor, crop_tensor, foreground_box, predict
 
 
 COMBOS, CONF = 6, 0.5  # detection confidence for the count (tiny 15-epoch detector: see the report for the whole split)
@@ -40,8 +40,10 @@ def test_single_mode_one_pill_per_photo_from_the_classifier_crop(tiny_run, predi
     files = files[:8]
     preds = predictor.predict(files, mode='single', top_k=3)
     assert all(len(p.pills) == 1 and len(p.pills[0].top_k) == 3 for p in preds)
-    for p in preds:  # the run has a detector: the detected pill's crop, or the whole image when nothing is detected
-        assert (p.pills[0].det_score is None) == (p.pills[0].box_xyxy == [0, 0, p.width, p.height])
+    for f, p in zip(files, preds):  # the detected pill's crop; when nothing is detected, the pill found on the tray
+        if p.pills[0].det_score is None:
+            fg = foreground_box(Image.open(f).convert('RGB')) or [0, 0, p.width, p.height]
+            assert p.pills[0].box_xyxy == [round(v, 2) for v in fg]
     whole = TwoStagePredictor(tiny_run, single_crop='whole')
     c = whole.classifier
     x = np.stack([crop_tensor(Image.open(f).convert('RGB'), None, c.transform_cfg, c.meta['cache_size']) for f in files])
@@ -73,7 +75,7 @@ def test_weights_instead_of_run_and_mode_checks(tiny_run):
     res = predict(files[:2], mode='single', weights=[tiny_run/'detector'/'weights'/'best.pt', tiny_run/'classifier'/'best.pt'])
     assert res.n_failed == 0 and len(res.predictions) == 2
     cls_only = TwoStagePredictor(classifier=tiny_run/'classifier'/'best.pt')
-    assert cls_only.single_crop == 'whole' and len(cls_only.predict(files[0])[0].pills) == 1
+    assert cls_only.single_crop == 'foreground' and len(cls_only.predict(files[0])[0].pills) == 1
     with pytest.raises(ValueError, match='combo mode needs a detector'): cls_only.predict(files[0], mode='combo')
     with pytest.raises(ValueError, match='no automatic mode'): cls_only.predict(files[0], mode='auto')
 
