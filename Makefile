@@ -40,7 +40,7 @@ browser:
 
 test: install browser
 	$(BIN)/nbdev_test
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=20 tests
 
 clean:
 	rm -rf work nbs/work reports/demo .ultralytics
