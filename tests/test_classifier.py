@@ -1,31 +1,21 @@
 """Classifier trainer on real synthetic trees: a few steps, exact resume after SIGKILL, atomic checkpoints,
 class-map mismatch refused, corrupt images skipped."""
-import json, os, shutil, signal, subprocess, sys, time, warnings
+import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
 from pillsnap.classifier import ClassMapMismatch, ClassifierTrainer, load_checkpoint, load_classifier, train_classifier
-from pillsnap.classmap import ensure_class_map
-from pillsnap.manifest import build_manifest, read_manifest
+from pillsnap.manifest import read_manifest
 from pillsnap.runlog import read_metrics
-from pillsnap.scan import scan
-from pillsnap.synth import synth
+from pillsnap.stage import synth_manifest
 
 FAST = dict(epochs=2, batch_size=4, img_size=48, max_steps=4, threads=1, progress=False)
 
 
 @pytest.fixture(scope='module')
 def manifest(tmp_path_factory):
-    "A real synthetic tree, scanned, with a balanced manifest (singles and combinations)."
-    tmp = tmp_path_factory.mktemp('cls')
-    synth(tmp/'data', classes=8, per_class=6, combos=4, scale=0.2, progress=False)
-    inv = scan(tmp/'data', tmp/'inv', check='labels', workers=1, progress=False)
-    cm = ensure_class_map(inv.inventory, tmp/'inv'/'class_mapping.json')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        build_manifest(inv.inventory, cm, strategy='max_combo', samples=200, classes=8, out_dir=tmp/'m', data_root=tmp/'data',
-                       allow_shortfall=True)
-    return tmp/'m'
+    "A real synthetic tree, scanned, with a max_combo manifest (singles and combinations)."
+    return synth_manifest(tmp_path_factory.mktemp('cls'), classes=8, per_class=6, combos=4, samples=200, stage=1)
 
 
 def _script(manifest, run, cache, **kw) -> str:

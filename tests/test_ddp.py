@@ -1,14 +1,11 @@
 """The one trainer under torchrun: 2 processes with gloo on CPU write one run folder and one set of checkpoints, keep
 the single-process global batch, stop together in OOM safe mode, and the run resumes in a single process."""
-import json, math, os, subprocess, sys, warnings
+import json, math, os, subprocess, sys
 from pathlib import Path
 import pytest
 from pillsnap.classifier import load_checkpoint
-from pillsnap.classmap import ensure_class_map
-from pillsnap.manifest import build_manifest
 from pillsnap.runlog import read_metrics
-from pillsnap.scan import scan
-from pillsnap.synth import synth
+from pillsnap.stage import synth_manifest
 
 TORCHRUN = Path(sys.executable).parent/'torchrun'
 SCRIPT = '''
@@ -27,16 +24,9 @@ except OOMSafeMode as e: print('SAFE MODE at step', e.step)
 
 @pytest.fixture(scope='module')
 def manifest(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp('ddp')
-    synth(tmp/'data', classes=4, per_class=5, combos=2, scale=0.2, progress=False)
-    inv = scan(tmp/'data', tmp/'inv', check='labels', workers=1, progress=False)
-    cm = ensure_class_map(inv.inventory, tmp/'inv'/'class_mapping.json')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        build_manifest(inv.inventory, cm, strategy='max_combo', samples=60, classes=4, out_dir=tmp/'m',
-                       data_root=tmp/'data', allow_shortfall=True)
-    (tmp/'train.py').write_text(SCRIPT)
-    return tmp/'m'
+    m = synth_manifest(tmp_path_factory.mktemp('ddp'), classes=4, per_class=5, combos=2, samples=60, stage=1)
+    (m.parent/'train.py').write_text(SCRIPT)
+    return m
 
 
 def _launch(manifest, run, cache, nproc=None, resume=False, inject=''):

@@ -1,32 +1,20 @@
 """Training at scale on real synthetic trees: progressive resize and the OOM guard inside real short runs, OOM safe
 mode through the CLI (exit code, checkpoint, --resume), and the sharded cache through the CLI."""
-import math, warnings
-from pathlib import Path
+import math
 import pytest
 from conftest import run_cli
 from pillsnap.cache import build_cache
 from pillsnap.classifier import load_checkpoint, train_classifier
-from pillsnap.classmap import ensure_class_map
 from pillsnap.config import load_config
-from pillsnap.manifest import build_manifest
 from pillsnap.runlog import read_metrics
+from pillsnap.stage import synth_manifest
 from pillsnap.scale import SAFE_MODE_EXIT, plot_resize, resize_schedule
-from pillsnap.scan import scan
-from pillsnap.synth import synth
 
 
 @pytest.fixture(scope='module')
 def manifest(tmp_path_factory):
     "A real synthetic tree, scanned, with a small max_combo manifest (singles and combinations)."
-    tmp = tmp_path_factory.mktemp('scale')
-    synth(tmp/'data', classes=6, per_class=5, combos=4, scale=0.2, progress=False)
-    inv = scan(tmp/'data', tmp/'inv', check='labels', workers=1, progress=False)
-    cm = ensure_class_map(inv.inventory, tmp/'inv'/'class_mapping.json')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        build_manifest(inv.inventory, cm, strategy='max_combo', samples=120, classes=6, out_dir=tmp/'m',
-                       data_root=tmp/'data', allow_shortfall=True)
-    return tmp/'m'
+    return synth_manifest(tmp_path_factory.mktemp('scale'), classes=6, per_class=5, combos=4, samples=120, stage=1)
 
 
 def _events(run, event):
