@@ -3,6 +3,7 @@ mode through the CLI (exit code, checkpoint, --resume), and the sharded cache th
 import math
 import pytest
 from conftest import run_cli
+from pillsnap.advise import advise
 from pillsnap.cache import build_cache
 from pillsnap.classifier import load_checkpoint, train_classifier
 from pillsnap.config import load_config
@@ -42,6 +43,8 @@ def test_resize_sizes_are_used_and_oom_states_1_and_3_keep_the_global_batch(mani
     assert ckpt['transform']['img_size'] == 64 and ckpt['oom_guard']['micro_div'] == 2
     fig = plot_resize(tmp_path/'run')
     assert len(fig.axes[0].lines) == 2
+    first = advise(tmp_path/'run')[0]  # the advisor reads the OOM events of this real run and ranks them first
+    assert first.topic == 'oom' and 'micro-batch 4 × accumulation 2 (global batch 8 kept)' in first.title, first
 
 
 def test_oom_safe_mode_exits_with_a_checkpoint_that_resume_continues(manifest, tmp_path):
@@ -54,6 +57,7 @@ def test_oom_safe_mode_exits_with_a_checkpoint_that_resume_continues(manifest, t
     oom = _events(run, 'oom_state')
     assert oom.to.tolist() == [1, 3, 3, 3, 3, 4, 4, 4, 4, 5]
     assert oom.global_batch.tolist() == [16] * 5 + [8, 4, 2, 1, 1] and oom.lr_scale.iloc[-1] == 1 / 16
+    assert advise(run)[0].topic == 'oom'  # safe mode: the advice that comes first is the recipe that fits
     ckpt = load_checkpoint(run/'classifier'/'last.pt')
     assert (ckpt['step'], ckpt['batch_in_epoch'], ckpt['oom_guard']['global_div']) == (0, 0, 16)  # before the failed step
     safe = load_config(config_file=run/'oom_safe_config.yaml', env={})  # the config schema `pillsnap train --config` reads
