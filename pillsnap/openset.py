@@ -75,7 +75,11 @@ class OpenSetRule:
         if not isinstance(d, dict) or (miss := {'score', 'temperature', 'threshold', 'target_far'} - set(d)):
             raise ValueError(f'{path}: not an open-set rule (missing {sorted(miss) if isinstance(d, dict) else "everything"})')
         if d['score'] not in SCORES: raise ValueError(f"{path}: score must be one of {SCORES}, not {d['score']!r}")
-        return cls(d['score'], float(d['temperature']), float(d['threshold']), float(d['target_far']))
+        try: t, thr, far = (float(d[k]) for k in ('temperature', 'threshold', 'target_far'))
+        except (TypeError, ValueError) as e: raise ValueError(f'{path}: temperature, threshold and target_far must be numbers ({e})') from None
+        if not (np.isfinite(t) and t > 0 and np.isfinite(thr) and 0 <= far < 1):
+            raise ValueError(f'{path}: needs a finite temperature > 0, a finite threshold and 0 <= target_far < 1, not {t}, {thr}, {far}')
+        return cls(d['score'], t, thr, far)
 
 # %% ../nbs/83_openset.ipynb #0e210e19
 def _codes(df: pd.DataFrame) -> pd.Series:
