@@ -17,7 +17,7 @@ from pillsnap.cache import crop_image
 from pillsnap.classmap import ensure_class_map
 from pillsnap.manifest import build_manifest
 from pillsnap.openset import HELDOUT_FILE, OPENSET_FILE, calibrate, evaluate_openset, holdout_manifest, split_images
-from pillsnap.predict import TwoStagePredictor, predict
+from pillsnap.predict import TwoStagePredictor
 from pillsnap.runlog import read_metrics
 from pillsnap.scan import read_inventory, scan
 from pillsnap.synth import synth
@@ -84,7 +84,8 @@ def crop_file(pr: TwoStagePredictor, path: str, box: list, out: Path) -> Path:
     "A close-up photo of the pill: its labelled box cropped as the classifier's training crops are, saved as PNG."
     from pillsnap.cache import MARGIN
     c = pr.classifier
-    crop_image(Image.open(path), box, c.meta['cache_size'], c.transform_cfg.get('crop_margin', MARGIN)).save(out)
+    size = min(c.transform_cfg['img_size'], c.meta['cache_size'])  # straight to the model's size, as the predictor crops
+    crop_image(Image.open(path), box, size, c.transform_cfg.get('crop_margin', MARGIN)).save(out)
     return out
 
 
@@ -103,15 +104,18 @@ def test_predict_answers_unknown_for_a_heldout_image_below_the_threshold(openset
     thr = evaluation['threshold']
     assert extremes['low'] < thr, 'no held-out test image scored below the threshold'
     codes = {c['code'] for c in json.loads((openset_run/'classifier'/'classes.json').read_text())}
-    p = predict([extremes['heldout']], mode='single', run=openset_run).predictions[0].pills[0]
+    closeup = TwoStagePredictor(openset_run, single_crop='whole')  # the close-ups are labelled-box crops: the rule's own crop
+    p = closeup.predict(extremes['heldout'])[0].pills[0]
     assert p.code == 'unknown' and p.name == 'unknown' and p.openset_score < thr
     assert abs(p.openset_score - extremes['low']) < 1e-3 * max(1, abs(thr))  # the score evaluation gave this pill
     assert len(p.top_k) == 5 and {t['code'] for t in p.top_k} == codes  # the guesses are still listed
-    q = TwoStagePredictor(openset_run).predict(extremes['known'])[0].pills[0]
+    q = closeup.predict(extremes['known'])[0].pills[0]
     assert q.code in codes and q.openset_score >= thr  # accepted: a K-code (the most confident known pill may be wrong)
     assert abs(q.openset_score - extremes['high']) < 1e-3 * max(1, abs(thr))
     plain = TwoStagePredictor(classifier=openset_run/'classifier'/'best.pt').predict(extremes['heldout'])[0].pills[0]  # no rule
     assert plain.code == p.top_k[0]['code'] and plain.openset_score is None
+    with pytest.warns(UserWarning, match="fitted on 'label' crops"):  # a rule fitted on other crops than predict makes
+        TwoStagePredictor(openset_run).openset
 
 
 def test_cli_calibrates_the_same_rule_and_predict_prints_unknown(openset_run, extremes):
