@@ -85,3 +85,17 @@ def test_sigterm_stops_cleanly_and_resume_finishes_the_unfinished_models(stage3_
     res = train(stage3_manifest, out=run, resume=True, echo=False)
     assert not res.stopped
     assert epoch_models(run) == ['classifier'] * 2 + ['detector'] * 2
+
+
+def test_a_run_that_fails_while_setting_up_leaves_nothing_behind(stage3_manifest, tmp_path):
+    "Too few crops for one batch: the error says so, what the call created is removed, files it found are kept, and the same folder works after."
+    run, kept = tmp_path/'run', tmp_path/'kept'
+    with pytest.raises(ValueError, match='fewer than one batch'):
+        train(stage3_manifest, target='classifier', out=run, batch_size=100_000, echo=False)
+    assert not run.exists()
+    kept.mkdir(); (kept/'notes.txt').write_text('mine')
+    with pytest.raises(ValueError, match='fewer than one batch'):
+        train(stage3_manifest, target='classifier', out=kept, batch_size=100_000, echo=False)
+    assert sorted(p.name for p in kept.iterdir()) == ['notes.txt']
+    r = train(stage3_manifest, target='classifier', out=kept, epochs=1, echo=False, classifier_kw=dict(max_steps=1))
+    assert 'classifier' in r.checkpoints and (kept/'notes.txt').read_text() == 'mine'
