@@ -244,7 +244,7 @@ def fit(self: DetectorTrainer, on_epoch_end=None  # called as on_epoch_end(train
     self.history, self.final, self._on_epoch_end, self._step = [], {}, on_epoch_end, 0
     if self.state.finished and self.resume: return self._result(False)
     if self.state.last and not self.resume:
-        raise FileExistsError(f'{self.last} exists: resume the run (resume=True) or choose a new run folder')
+        raise FileExistsError(f'{self.last} exists: resume the run (--resume / resume=True) or choose a new run folder')
     self.dir.mkdir(parents=True, exist_ok=True); self._write_classes()
     model, kw = self._yolo()
     for ev, fn in (('on_train_start', self._on_train_start), ('on_train_epoch_start', self._on_epoch_start),
