@@ -5,6 +5,8 @@ import json
 import numpy as np
 import onnx
 import pytest
+import torch
+from torchvision.ops import box_iou
 from onnx import numpy_helper
 from conftest import run_cli
 from eval_run import split_files, tiny_run  # noqa: F401 (fixture)
@@ -60,8 +62,6 @@ def test_onnx_detector_in_onnx_runtime_gives_ultralytics_boxes(tiny_run, exporte
     for (ba, sa), (bb, sb), im in zip(a, b, imgs):
         assert len(ba) == len(bb)  # same count, same order (best score first)
         if not len(ba): continue
-        from torchvision.ops import box_iou
-        import torch
         assert float(box_iou(torch.tensor(ba), torch.tensor(bb)).diag().min()) >= 0.99
         assert np.allclose(sa, sb, atol=1e-4)
         assert (ba[:, :2] >= 0).all() and (ba[:, 2] <= im.width).all() and (ba[:, 3] <= im.height).all()
