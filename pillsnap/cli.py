@@ -252,7 +252,7 @@ def _synth_combos_parser(sub):
 def _run_predict(args) -> int:
     from pillsnap.predict import predict
     res = predict(args.images, mode=args.mode, run=args.run, weights=args.weights, conf=args.conf, top_k=args.top_k,
-                  save_vis=args.save_vis, json=args.json)
+                  save_vis=args.save_vis, json=args.json, int8=args.int8)
     if not args.json:
         for p in res.predictions:
             pills = ', '.join(map(_pill_text, p.to_dict()['pills'])) or 'no pill'
@@ -280,9 +280,11 @@ def _run_readiness(args):
 
 def _run_export(args):
     from pillsnap.export import export
-    rep = export(args.run, format=args.format, out=args.out, samples=args.samples)
+    rep = export(args.run, format=args.format, out=args.out, samples=args.samples, int8=args.int8)
     print(json.dumps(dict(classifier=str(rep.classifier), detector=str(rep.detector) if rep.detector else None,
-                          parity=rep.parity, report=str(rep.path)), indent=2, default=str))
+                          parity=rep.parity, report=str(rep.path),
+                          **(dict(classifier_int8=str(rep.classifier_int8), int8_parity=rep.int8_parity) if args.int8 else {})),
+                     indent=2, default=str))
 
 def _run_serve(args):
     from pillsnap.serve import serve
@@ -303,6 +305,7 @@ def _predict_parser(sub):
     p.add_argument('--top-k', type=int, default=5, help='guesses listed per pill (default 5)')
     p.add_argument('--save-vis', type=Path, help='folder for drawings of the boxes and codes')
     p.add_argument('--json', action='store_true', help='one JSON object per image on stdout')
+    p.add_argument('--int8', action='store_true', help="with --run: its int8 export (pillsnap export --int8)")
     p.set_defaults(func=_run_predict)
 
 def _evaluate_parser(sub):
@@ -325,6 +328,7 @@ def _export_parser(sub):
     p.add_argument('--format', choices=('onnx',), default='onnx')
     p.add_argument('--out', type=Path, help='folder for the exported files (default: RUN/export)')
     p.add_argument('--samples', type=int, default=16, help='manifest images for the parity check (default 16)')
+    p.add_argument('--int8', action='store_true', help='also write classifier.int8.onnx (static int8, own parity rule)')
     p.set_defaults(func=_run_export)
 
 def _serve_parser(sub):

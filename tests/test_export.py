@@ -1,18 +1,23 @@
 """ONNX export of a real tiny run: parity within 1e-3 and full top-1 agreement; a deliberately altered graph fails the
-check; the predictor on the ONNX files gives the PyTorch predictions."""
+check; the predictor on the ONNX files gives the PyTorch predictions; the exported detector run directly in ONNX Runtime
+gives ultralytics' boxes; the int8 export has its own parity block and the predictor runs it."""
 import json
 import numpy as np
 import onnx
 import pytest
+import torch
+from torchvision.ops import box_iou
 from onnx import numpy_helper
+from conftest import run_cli
 from eval_run import split_files, tiny_run  # noqa: F401 (fixture)
-from pillsnap.export import ParityError, check_parity, classifier_parity, export, sample_inputs
-from pillsnap.predict import TorchClassifier, TwoStagePredictor, run_files
+from PIL import Image
+from pillsnap.export import INT8_MIN_AGREEMENT, ParityError, check_parity, classifier_parity, export, sample_inputs
+from pillsnap.predict import Detector, OnnxClassifier, TorchClassifier, TwoStagePredictor, predict, run_files
 
 
 @pytest.fixture(scope='module')
 def exported(tiny_run):
-    return export(tiny_run)
+    return export(tiny_run, int8=True)
 
 
 def test_export_passes_parity_and_writes_the_report(tiny_run, exported):
@@ -44,3 +49,40 @@ def test_predictor_on_onnx_matches_pytorch(tiny_run, exported):
     ox = TwoStagePredictor(classifier=exported.classifier, detector=exported.detector).predict(files[:3], mode='combo', conf=0.5)
     assert [len(p.pills) for p in ox] == df.n_pills[:3].tolist()
     assert [[q.code for q in p.pills] for p in ox] == [[q.code for q in p.pills] for p in pt]
+
+
+@pytest.mark.parametrize('conf', [0.25, 0.5])
+def test_onnx_detector_in_onnx_runtime_gives_ultralytics_boxes(tiny_run, exported, conf):
+    files, _ = split_files(tiny_run, 'test', 'combo')
+    imgs = [Image.open(f).convert('RGB') for f in files[:8]]
+    direct, ref = Detector(exported.detector), Detector(exported.detector, ultralytics=True)
+    assert direct.direct and direct.yolo is None and not ref.direct
+    a, b = direct(imgs, conf, iou=0.5), ref(imgs, conf, iou=0.5)
+    assert sum(len(x[0]) for x in b) >= 8  # the reference finds pills: the comparison is not vacuous
+    for (ba, sa), (bb, sb), im in zip(a, b, imgs):
+        assert len(ba) == len(bb)  # same count, same order (best score first)
+        if not len(ba): continue
+        assert float(box_iou(torch.tensor(ba), torch.tensor(bb)).diag().min()) >= 0.99
+        assert np.allclose(sa, sb, atol=1e-4)
+        assert (ba[:, :2] >= 0).all() and (ba[:, 2] <= im.width).all() and (ba[:, 3] <= im.height).all()
+
+
+def test_int8_export_has_its_parity_block_and_the_predictor_runs_it(tiny_run, exported, capsys):
+    assert exported.classifier_int8.name == 'classifier.int8.onnx' and exported.classifier_int8.exists()
+    q = json.loads((tiny_run/'export_report.json').read_text())['int8_parity']
+    assert set(q) >= {'samples', 'max_abs_logit_diff', 'top1_agreement', 'min_top1_agreement', 'rule', 'passed'}
+    assert q['passed'] and q['top1_agreement'] >= INT8_MIN_AGREEMENT == q['min_top1_agreement'] and q['samples'] >= 8
+    assert 0 < q['max_abs_logit_diff']  # really quantised: not the fp32 graph under another name
+    oc = OnnxClassifier(exported.classifier_int8)
+    assert oc.meta['precision'] == 'int8' and oc.classes.code.tolist() == TorchClassifier(run_files(tiny_run)['classifier']).classes.code.tolist()
+    ops = {n.op_type for n in onnx.load(str(exported.classifier_int8)).graph.node}
+    assert 'QuantizeLinear' in ops and 'DequantizeLinear' in ops
+    files, df = split_files(tiny_run, 'test', 'combo')
+    pr = TwoStagePredictor(tiny_run, int8=True)
+    assert pr.classifier.path == exported.classifier_int8 and pr.detector.direct
+    preds = pr.predict(files[:3], mode='combo', conf=0.5)
+    assert [len(p.pills) for p in preds] == df.n_pills[:3].tolist()
+    res = predict(files[:2], mode='single', run=tiny_run, int8=True, json=True)
+    assert len(res.predictions) == 2 and not res.errors and len(capsys.readouterr().out.splitlines()) == 2
+    out = run_cli('predict', files[0], '--mode', 'combo', '--run', tiny_run, '--int8', '--json').stdout
+    assert len(json.loads(out)['pills']) == df.n_pills[0]
