@@ -4,7 +4,7 @@ one `pillsnap.evaluate.evaluate` on the test split (the official-val tree, never
 Targets: classifier group-split val top-1 >= 0.95, detector val mAP@0.5 >= 0.9, end-to-end combination per-pill recall
 >= 0.95 at precision >= 0.95 on the test split, all within a demo-sized CPU budget. Writes reports/target_tiny.{md,json,png}.
 
-    .venv/bin/python bench/target_tiny.py --work /tmp/tt [--per-class 160 --combos 240 --epochs 20 --detector-epochs 15]
+    .venv/bin/python bench/target_tiny.py --work /tmp/tt [--per-class 160 --combos 120 --epochs 20 --detector-epochs 15]
 """
 import argparse, json, os, resource, time
 from pathlib import Path
@@ -66,8 +66,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--work', type=Path, required=True)
     ap.add_argument('--classes', type=int, default=30); ap.add_argument('--per-class', type=int, default=160)
-    ap.add_argument('--combos', type=int, default=240)
+    ap.add_argument('--combos', type=int, default=120)
     ap.add_argument('--epochs', type=int, default=None); ap.add_argument('--detector-epochs', type=int, default=None)
+    ap.add_argument('--lr', type=float, default=None); ap.add_argument('--batch-size', type=int, default=None)
+    ap.add_argument('--ema', action='store_true', default=None)
     ap.add_argument('--out', type=Path, default=REPO/'reports')
     import sys
     a = ap.parse_args(); a.argv = sys.argv[1:]
@@ -78,7 +80,7 @@ def main():
     run = a.work/'run'
     c0, t0 = cpu_s(), time.time()
     train(manifest, out=run, target='both', profile='tiny', epochs=a.epochs, detector_epochs=a.detector_epochs,
-          workers=0, resume=(run/'run.json').exists(), echo=False)
+          lr=a.lr, batch_size=a.batch_size, ema=a.ema, workers=0, resume=(run/'run.json').exists(), echo=False)
     cost = dict(cpu_s=cpu_s() - c0, wall_s=time.time() - t0, model_s=model_seconds(run))
     t1 = time.time()
     ev = evaluate(run, split='test', mode='both', latency_images=10, throughput_batch=8).metrics
