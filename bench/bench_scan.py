@@ -252,7 +252,7 @@ cores, so seconds are not comparable across runs, while the ratios (alternating 
 
 ![scan vs bare loop](bench_scan.png)
 
-| level | files | bare loop (median s) | scan (median s) | wall ratio | CPU-seconds ratio | target |
+| level | files | bare loop (median s) | scan (median s) | wall ratio (of the medians) | CPU-seconds ratio (median of the runs' ratios) | target |
 |---|---|---|---|---|---|---|"""]
     for l, r in results.items():
         md.append(f"| {l} | {r['files']:,} | {statistics.median(r['bare']):.3f} | {statistics.median(r['scan']):.3f} | "
