@@ -238,7 +238,7 @@ def verdict(r: float, level: str) -> str:
 def runs(xs) -> str: return ', '.join(f'{x:.3f}' for x in xs)
 
 
-def report_markdown(results: dict, workers: int, load: tuple = ()) -> str:
+def report_markdown(results: dict, workers: int, load: tuple = (), figure_name: str = 'bench_scan.png') -> str:
     v = package_versions()
     loads = ' and '.join(', '.join(f'{x:.1f}' for x in l) for l in load)
     md = [f"""# Benchmark: the scan at each check level against a bare loop doing the same work
@@ -250,7 +250,7 @@ The bare loops run in a process pool of the same {workers} workers with the same
 Load average (1/5/15 min) at the start and at the end: {loads}; above the core count other processes share the
 cores, so seconds are not comparable across runs, while the ratios (alternating runs of the two) are less affected.
 
-![scan vs bare loop](bench_scan.png)
+![scan vs bare loop]({figure_name})
 
 | level | files | bare loop (median s) | scan (median s) | wall ratio (of the medians) | CPU-seconds ratio (median of the runs' ratios) | target |
 |---|---|---|---|---|---|---|"""]
@@ -327,7 +327,7 @@ def main(images: int = 300_000, labels: int = 30_000, pngs: int = 1_500, classes
             else: raise ValueError(f'unknown level {level!r}')
             print(f'{level}: ratio {ratio(results[level]):.2f}x')
             figure(results, str(Path(report).with_suffix('.png')))  # after each level: a cut-short run keeps what it measured
-            write_text(report, report_markdown(results, workers, (*load, os.getloadavg())))
+            write_text(report, report_markdown(results, workers, (*load, os.getloadavg()), Path(report).with_suffix('.png').name))
             print(f'wrote {report}')
 
 
