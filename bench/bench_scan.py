@@ -12,7 +12,7 @@ Writes reports/bench_scan.md and reports/bench_scan.png.
 Run: .venv/bin/python bench/bench_scan.py [--images 300000] [--labels 30000] [--pngs 1500] [--workers 2] [--repeats 3]
 """
 from __future__ import annotations
-import argparse, contextlib, io, json, os, platform, statistics, tempfile, time
+import argparse, contextlib, io, json, os, platform, resource, statistics, tempfile, time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 import numpy as np
@@ -109,20 +109,33 @@ def timed(fn) -> tuple[object, float]:
     return result, time.perf_counter() - start
 
 
+def cpu_seconds() -> float:
+    "User + system CPU seconds of this process and of its children that ended (the pool workers, once shut down)."
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+
+
+def timed_cpu(fn) -> tuple[object, float, float]:
+    "The result of `fn`, its wall seconds and its CPU seconds (this process and the pool it forked and shut down)."
+    cpu = cpu_seconds()
+    result, wall = timed(fn)
+    return result, wall, cpu_seconds() - cpu
+
+
 def quiet_scan(root: Path, out: Path, **kw):
     "`scan` without progress bars, its summary line swallowed."
     with contextlib.redirect_stderr(io.StringIO()): return scan(root, out, progress=False, **kw)
 
 
-def race(bare, scanned, repeats: int) -> tuple[list[float], list[float], object]:
-    "Alternate runs of the bare loop and the scan after one untimed warm-up of each; their times and the last scan."
+def race(bare, scanned, repeats: int) -> tuple[list[float], list[float], object, dict]:
+    "Alternate runs of the bare loop and the scan after one untimed warm-up of each; their times, the last scan, CPU seconds."
     bare(); scanned()
-    b, s, res = [], [], None
+    b, s, res, cpu = [], [], None, {'bare': [], 'scan': []}
     for i in range(repeats):
-        b.append(timed(bare)[1])
-        res, t = timed(scanned); s.append(t)
-        print(f'  run {i}: bare {b[-1]:.3f} s, scan {s[-1]:.3f} s, ratio {s[-1] / b[-1]:.2f}')
-    return b, s, res
+        _, t, c = timed_cpu(bare); b.append(t); cpu['bare'].append(c)
+        res, t, c = timed_cpu(scanned); s.append(t); cpu['scan'].append(c)
+        print(f'  run {i}: bare {b[-1]:.3f} s ({cpu["bare"][-1]:.2f} CPU s), scan {s[-1]:.3f} s ({cpu["scan"][-1]:.2f} CPU s), '
+              f'ratio {s[-1] / b[-1]:.2f} (CPU {cpu["scan"][-1] / cpu["bare"][-1]:.2f})')
+    return b, s, res, cpu
 
 
 def name_parsing(names: pd.Series) -> dict:
@@ -138,11 +151,11 @@ def bench_names(d: Path, images: int, classes: int, folders: int, workers: int, 
     build_tree(root, images, classes, folders)
     os.sync()
     print(f'names level: {2 * images:,} zero-byte files')
-    bare, scans, res = race(lambda: bare_walk(root), lambda: quiet_scan(root, out, check='names', workers=workers), repeats)
+    bare, scans, res, cpu = race(lambda: bare_walk(root), lambda: quiet_scan(root, out, check='names', workers=workers), repeats)
     serial = [timed(lambda: quiet_scan(root, out, check='names', workers=1))[1] for _ in range(repeats)]
     assert len(res.inventory) == images, len(res.inventory)
     names = read_inventory(out, columns=['path']).path.str.rsplit('/', n=1).str[-1]
-    return dict(files=2 * images, bare=bare, scan=scans, serial=serial, inventory=len(res.inventory),
+    return dict(files=2 * images, bare=bare, scan=scans, cpu=cpu, serial=serial, inventory=len(res.inventory),
                 parquet_mb=(out/'inventory.parquet').stat().st_size / 1e6, parsing=name_parsing(names))
 
 
@@ -152,12 +165,12 @@ def bench_labels(d: Path, n: int, classes: int, folders: int, workers: int, repe
     os.sync()
     kb = np.mean([os.path.getsize(p) for p in paths[:200]]) / 1e3
     print(f'labels level: {n:,} label JSONs of {kb:.1f} kB')
-    bare, scans, res = race(lambda: bare_pool(parse_chunk, paths, workers),
+    bare, scans, res, cpu = race(lambda: bare_pool(parse_chunk, paths, workers),
                             lambda: quiet_scan(root, out, check='labels', workers=workers, no_cache=True), repeats)
     assert len(res.inventory) == n and res.counts['json_read'] == n, (len(res.inventory), res.counts)
     quiet_scan(root, out, check='labels', workers=workers)  # fill the cache
     cached = statistics.median(timed(lambda: quiet_scan(root, out, check='labels', workers=workers))[1] for _ in range(repeats))
-    return dict(files=n, kb=kb, bare=bare, scan=scans, cached=cached)
+    return dict(files=n, kb=kb, bare=bare, scan=scans, cpu=cpu, cached=cached)
 
 
 def bench_images(d: Path, n: int, classes: int, folders: int, workers: int, repeats: int, size=(976, 1280)) -> dict:
@@ -171,11 +184,11 @@ def bench_images(d: Path, n: int, classes: int, folders: int, workers: int, repe
     assert all(os.path.exists(p) for p in pngs[:10])
     os.sync()
     print(f'images level: {n:,} PNGs of {len(png) / 1e6:.2f} MB ({size[0]}x{size[1]})')
-    bare, scans, res = race(lambda: bare_pool(verify_chunk, pngs, workers),
+    bare, scans, res, cpu = race(lambda: bare_pool(verify_chunk, pngs, workers),
                             lambda: quiet_scan(root, out, check='images', workers=workers, no_cache=True), repeats)
     assert len(res.inventory) == n and res.counts['images_verified'] == n, (len(res.inventory), res.counts)
     json_bare = statistics.median(timed(lambda: bare_pool(parse_chunk, labels, workers))[1] for _ in range(repeats))
-    return dict(files=n, mb=len(png) / 1e6, size=size, bare=bare, scan=scans, json_bare=json_bare)
+    return dict(files=n, mb=len(png) / 1e6, size=size, bare=bare, scan=scans, cpu=cpu, json_bare=json_bare)
 
 
 def machine() -> str:
@@ -186,6 +199,18 @@ def machine() -> str:
 
 
 def ratio(r: dict) -> float: return statistics.median(r['scan']) / statistics.median(r['bare'])
+
+
+def cpu_ratio(r: dict) -> float:
+    "Median over runs of scan CPU seconds / bare CPU seconds (each scan against the bare run just before it)."
+    return statistics.median(s / b for s, b in zip(r['cpu']['scan'], r['cpu']['bare']))
+
+
+def cpu_rows(r: dict) -> str:
+    "Table rows of the CPU seconds of each run."
+    c = r['cpu']
+    return (f"| CPU seconds of the bare loop (process + its pool) | {runs(c['bare'])} | {statistics.median(c['bare']):.3f} |\n"
+            f"| CPU seconds of the scan (process + its pool) | {runs(c['scan'])} | {statistics.median(c['scan']):.3f} |")
 
 
 def figure(results: dict, path: str):
@@ -213,7 +238,7 @@ def verdict(r: float, level: str) -> str:
 def runs(xs) -> str: return ', '.join(f'{x:.3f}' for x in xs)
 
 
-def report_markdown(results: dict, workers: int, load: tuple = ()) -> str:
+def report_markdown(results: dict, workers: int, load: tuple = (), figure_name: str = 'bench_scan.png') -> str:
     v = package_versions()
     loads = ' and '.join(', '.join(f'{x:.1f}' for x in l) for l in load)
     md = [f"""# Benchmark: the scan at each check level against a bare loop doing the same work
@@ -225,13 +250,13 @@ The bare loops run in a process pool of the same {workers} workers with the same
 Load average (1/5/15 min) at the start and at the end: {loads}; above the core count other processes share the
 cores, so seconds are not comparable across runs, while the ratios (alternating runs of the two) are less affected.
 
-![scan vs bare loop](bench_scan.png)
+![scan vs bare loop]({figure_name})
 
-| level | files | bare loop (median s) | scan (median s) | ratio | target |
-|---|---|---|---|---|---|"""]
+| level | files | bare loop (median s) | scan (median s) | wall ratio (of the medians) | CPU-seconds ratio (median of the runs' ratios) | target |
+|---|---|---|---|---|---|---|"""]
     for l, r in results.items():
         md.append(f"| {l} | {r['files']:,} | {statistics.median(r['bare']):.3f} | {statistics.median(r['scan']):.3f} | "
-                  f"{ratio(r):.2f}x | {'≤ %gx' % TARGETS[l] if l in TARGETS else '—'} |")
+                  f"{ratio(r):.2f}x | {cpu_ratio(r):.2f}x | {'≤ %gx' % TARGETS[l] if l in TARGETS else '—'} |")
     if 'labels' in results:
         r = results['labels']
         md.append(f"""
@@ -244,10 +269,11 @@ cores, so seconds are not comparable across runs, while the ratios (alternating 
 |---|---|---|
 | bare loop: open + read + `json.loads` per file | {runs(r['bare'])} | {statistics.median(r['bare']):.3f} |
 | `scan(check='labels', no_cache=True)` | {runs(r['scan'])} | {statistics.median(r['scan']):.3f} |
+{cpu_rows(r)}
 
-**Ratio {ratio(r):.2f}x**: {verdict(ratio(r), 'labels')}. The scan does everything else too: the walk, name parsing
-and matching, a stat of every JSON (the cache key) and image (zero-byte check), the label checks, the inventory and
-quarantine writing. A re-scan of the unchanged tree takes {r['cached']:.3f} s (every JSON from the cache).""")
+**Ratio {ratio(r):.2f}x** (CPU seconds {cpu_ratio(r):.2f}x): {verdict(ratio(r), 'labels')}. The scan does everything else too: the walk, name parsing
+and matching (in the main process while the pool reads the JSONs), a stat of every image (zero-byte check, in the
+walkers), the label checks, the inventory and quarantine writing; with `no_cache` it does not stat the JSONs. A re-scan of the unchanged tree takes {r['cached']:.3f} s (every JSON from the cache).""")
     if 'images' in results:
         r = results['images']
         md.append(f"""
@@ -259,9 +285,10 @@ quarantine writing. A re-scan of the unchanged tree takes {r['cached']:.3f} s (e
 |---|---|---|
 | bare loop: Pillow open + `verify()` per PNG | {runs(r['bare'])} | {statistics.median(r['bare']):.3f} |
 | `scan(check='images', no_cache=True)` | {runs(r['scan'])} | {statistics.median(r['scan']):.3f} |
+{cpu_rows(r)}
 | (for scale: the bare JSON loop over the same labels) | | {r['json_bare']:.3f} |
 
-**Ratio {ratio(r):.2f}x** (no target: the images level also parses every label JSON, which the bare verify loop
+**Ratio {ratio(r):.2f}x** (CPU seconds {cpu_ratio(r):.2f}x; no target: the images level also parses every label JSON, which the bare verify loop
 does not; the labels row above prices that part).""")
     if 'names' in results:
         r = results['names']
@@ -274,9 +301,10 @@ does not; the labels row above prices that part).""")
 |---|---|---|
 | bare `os.scandir` walk | {runs(r['bare'])} | {statistics.median(r['bare']):.3f} |
 | `scan(root, out, check='names')` | {runs(r['scan'])} | {statistics.median(r['scan']):.3f} |
+{cpu_rows(r)}
 | the same with `workers=1` | {runs(r['serial'])} | {statistics.median(r['serial']):.3f} |
 
-**Ratio {ratio(r):.2f}x**: {verdict(ratio(r), 'names')}; with `workers=1` {statistics.median(r['serial']) / statistics.median(r['bare']):.2f}x.
+**Ratio {ratio(r):.2f}x** (CPU seconds {cpu_ratio(r):.2f}x): {verdict(ratio(r), 'names')}; with `workers=1` {statistics.median(r['serial']) / statistics.median(r['bare']):.2f}x.
 The inventory has {r['inventory']:,} rows ({r['parquet_mb']:.1f} MB parquet). At `check='names'` no file is opened or
 stat-ed, so zero-byte files are not flagged (the labels level flags them).
 
@@ -299,7 +327,7 @@ def main(images: int = 300_000, labels: int = 30_000, pngs: int = 1_500, classes
             else: raise ValueError(f'unknown level {level!r}')
             print(f'{level}: ratio {ratio(results[level]):.2f}x')
             figure(results, str(Path(report).with_suffix('.png')))  # after each level: a cut-short run keeps what it measured
-            write_text(report, report_markdown(results, workers, (*load, os.getloadavg())))
+            write_text(report, report_markdown(results, workers, (*load, os.getloadavg()), Path(report).with_suffix('.png').name))
             print(f'wrote {report}')
 
 
