@@ -16,19 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def build_run(work: Path) -> Path:
     "A tiny two-stage run on a synthetic Stage 3 max_combo set."
-    from pillsnap.classmap import ensure_class_map
-    from pillsnap.manifest import build_manifest
-    from pillsnap.scan import scan
-    from pillsnap.synth import synth
+    from pillsnap.stage import synth_manifest
     from pillsnap.train import train
     if (work/'run'/'classifier'/'best.pt').exists(): return work/'run'
-    synth(work/'data', classes=6, per_class=6, combos=48, progress=False)
-    scan(work/'data', work/'inv', progress=False, workers=1)
-    cm = ensure_class_map(work/'inv'/'inventory.parquet', work/'class_mapping.json')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        build_manifest(work/'inv'/'inventory.parquet', cm, stage=3, strategy='max_combo', samples=400, classes=6,
-                       allow_shortfall=True, out_dir=work/'manifest', data_root=work/'data')
+    synth_manifest(work, classes=6, per_class=6, combos=48, scale=0.25, samples=400)
     train(work/'manifest', out=work/'run', epochs=6, detector_epochs=25, workers=0, echo=False,
           detector_kw=dict(imgsz=128, batch=8))
     return work/'run'
