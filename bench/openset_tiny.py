@@ -6,16 +6,14 @@ included). Writes reports/openset.md and reports/openset_{looks,random}_{scores,
 
     .venv/bin/python bench/openset_tiny.py [--classes 20] [--per-class 24] [--epochs 12] [--img-size 64] [--out reports]
 """
-import argparse, json, tempfile, time, warnings
+import argparse, json, tempfile, time
 from collections import Counter
 from pathlib import Path
-from pillsnap.classmap import ensure_class_map
-from pillsnap.manifest import build_manifest
 from pillsnap.openset import calibrate, evaluate_openset, holdout_manifest, plot_coverage, plot_openset_scores
 from pillsnap.outputs import kst_now, write_text
 from pillsnap.runlog import read_metrics
-from pillsnap.scan import read_inventory, scan
-from pillsnap.synth import synth
+from pillsnap.scan import read_inventory
+from pillsnap.stage import synth_manifest
 from pillsnap.train import train
 
 
@@ -30,14 +28,8 @@ def shared_look_codes(inventory: Path) -> list[str]:
 
 def data(tmp: Path, a) -> Path:
     "The synthetic tree, scanned, and its Stage 1 single-pill manifest."
-    synth(tmp/'data', classes=a.classes, per_class=a.per_class, combos=0, scale=0.2, seed=a.data_seed, progress=False)
-    scan(tmp/'data', tmp/'inv', progress=False, workers=1)
-    cm = ensure_class_map(tmp/'inv'/'inventory.parquet', tmp/'class_mapping.json')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        build_manifest(tmp/'inv'/'inventory.parquet', cm, stage=1, strategy='single_only', samples=10_000, classes=a.classes,
-                       allow_shortfall=True, out_dir=tmp/'manifest', data_root=tmp/'data')
-    return tmp/'manifest'
+    return synth_manifest(tmp, classes=a.classes, per_class=a.per_class, combos=0, scale=0.2, samples=10_000,
+                          strategy='single_only', stage=1, seed=a.data_seed, split_seed=42)
 
 
 def trained(tmp: Path, scheme: str, a) -> tuple[Path, list, float]:

@@ -25,18 +25,6 @@ def faulty_tree(tmp_path_factory):
 @pytest.fixture(scope='session')
 def stage3_manifest(tmp_path_factory):
     "A small Stage 3 max_combo manifest (singles and combinations) with its YOLO data set in `yolo/`."
-    import warnings
-    from pillsnap.classmap import ensure_class_map
-    from pillsnap.manifest import build_manifest
-    from pillsnap.scan import scan
-    from pillsnap.yolo import coco_to_yolo
-    d = tmp_path_factory.mktemp('stage3')
-    synth(d/'data', classes=8, per_class=4, combos=16, progress=False)
-    scan(d/'data', d/'inventory', progress=False, workers=1)
-    cm = ensure_class_map(d/'inventory'/'inventory.parquet', d/'class_mapping.json')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        build_manifest(d/'inventory'/'inventory.parquet', cm, stage=3, strategy='max_combo', samples=60, classes=8,
-                       allow_shortfall=True, out_dir=d/'stage3'/'max_combo', data_root=d/'data')
-        coco_to_yolo(d/'stage3'/'max_combo', d/'stage3'/'max_combo'/'yolo')
-    return d/'stage3'/'max_combo'
+    from pillsnap.stage import synth_manifest
+    return synth_manifest(tmp_path_factory.mktemp('stage3'), classes=8, per_class=4, combos=16, scale=0.25, samples=60,
+                          yolo=True)

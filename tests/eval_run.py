@@ -1,30 +1,22 @@
 """One tiny two-stage run (classifier + detector, trained with `pillsnap.train.train` on a synthetic Stage 3 set with
 plenty of combinations), built once per pytest session and shared by test_predict, test_evaluate and test_export."""
-import os, warnings
+import os
 from pathlib import Path
 import pytest
-from pillsnap.classmap import ensure_class_map
-from pillsnap.manifest import build_manifest, read_manifest
-from pillsnap.scan import scan
-from pillsnap.synth import synth
+from pillsnap.manifest import read_manifest
+from pillsnap.stage import synth_manifest
 from pillsnap.train import train
 from pillsnap.yolo import manifest_data_root
 
 SET = dict(classes=60, per_class=4, combos=240, scale=0.25)  # the set of bench/train_tiny_detector.py (mAP@0.5 0.99 at 15 epochs)
 TRAIN = dict(epochs=2, detector_epochs=15, workers=0, echo=False,
-             classifier_kw=dict(max_steps=20), detector_kw=dict(imgsz=128, batch=16))
+             classifier_kw=dict(max_steps=10), detector_kw=dict(imgsz=128, batch=16))
 _RUN = {}
 
 
 def build_run(root: Path) -> Path:
     "Synthetic tree → scan → class map → Stage 3 max_combo manifest → tiny classifier + detector run; the run folder."
-    synth(root/'data', **SET, progress=False)
-    scan(root/'data', root/'inv', progress=False, workers=1)
-    cm = ensure_class_map(root/'inv'/'inventory.parquet', root/'class_mapping.json')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        build_manifest(root/'inv'/'inventory.parquet', cm, stage=3, strategy='max_combo', samples=2400,
-                       classes=SET['classes'], allow_shortfall=True, out_dir=root/'manifest', data_root=root/'data')
+    synth_manifest(root, **SET, samples=2400)  # samples: every image of the set
     train(root/'manifest', out=root/'run', **TRAIN)
     return root/'run'
 

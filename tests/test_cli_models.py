@@ -18,9 +18,16 @@ def work(tmp_path_factory):
     return d/'work'
 
 
-def test_train_predict_evaluate_export_through_the_command(work):
+@pytest.fixture(scope='module')
+def cli_run(work):
+    "The run `pillsnap train` makes on the stage 3 max_combo manifest: both models, one epoch (shared by the tests here)."
     run = work/'runs'/'r'
     run_cli('train', '--work-dir', work, '--stage', 3, '--strategy', 'max_combo', '--epochs', 1, '--out', run)
+    return run
+
+
+def test_train_predict_evaluate_export_through_the_command(work, cli_run):
+    run = cli_run
     assert (run/'classifier'/'best.pt').exists() and (run/'detector'/'weights'/'best.pt').exists()
     assert json.loads((run/'run.json').read_text())['params']['cache_dir'] == str((work/'cache').resolve())
     combo = next((work.parent/'data'/'val'/'images'/'combination').rglob('*.png'))
@@ -46,10 +53,8 @@ def test_a_detector_without_combinations_is_refused_before_a_run_folder_is_made(
     assert res.returncode == 2 and 'no combination images' in res.stderr and not (tmp_path/'det').exists()
 
 
-def test_resume_keeps_the_run_on_its_own_manifest(work, tmp_path):
-    run = tmp_path/'c'
-    run_cli('train', '--work-dir', work, '--stage', 3, '--strategy', 'max_combo', '--target', 'classifier', '--epochs', 1,
-            '--out', run)
+def test_resume_keeps_the_run_on_its_own_manifest(work, cli_run):
+    run = cli_run  # trained on stage 3 max_combo
     res = run_cli('train', '--work-dir', work, '--stage', 1, '--strategy', 'single_only', '--resume', '--out', run, check=False)
     assert res.returncode == 2 and 'max_combo' in res.stderr and 'single_only' in res.stderr
     res = run_cli('train', '--work-dir', work, '--resume', '--epochs', 3, '--out', run, check=False)

@@ -6,7 +6,7 @@ look (shape + colours) is shared with another class (the imprint-only twins) is 
 differ by shape or colour and the 4 held-out ones (2 looks) look like none of them. The rule is calibrated on the
 labelled pill boxes (`crop='label'`): this run has no detector, and `predict` on a whole photo would show the
 classifier a far smaller pill than it trained on."""
-import json, warnings
+import json
 from collections import Counter
 from pathlib import Path
 import numpy as np
@@ -14,13 +14,11 @@ import pytest
 from PIL import Image
 from conftest import run_cli
 from pillsnap.cache import crop_image
-from pillsnap.classmap import ensure_class_map
-from pillsnap.manifest import build_manifest
 from pillsnap.openset import HELDOUT_FILE, OPENSET_FILE, calibrate, evaluate_openset, holdout_manifest, split_images
 from pillsnap.predict import TwoStagePredictor
 from pillsnap.runlog import read_metrics
-from pillsnap.scan import read_inventory, scan
-from pillsnap.synth import synth
+from pillsnap.scan import read_inventory
+from pillsnap.stage import synth_manifest
 from pillsnap.train import train
 
 _RUN = {}
@@ -38,13 +36,8 @@ def shared_look_codes(inventory: Path) -> list[str]:
 
 def build_openset_run(root: Path) -> Path:
     "Synthetic tree → Stage 1 manifest → look-alike classes held out → tiny classifier → calibrated on val (FAR 10 %)."
-    synth(root/'data', classes=10, per_class=16, combos=0, scale=0.2, seed=3, progress=False)
-    scan(root/'data', root/'inv', progress=False, workers=1)
-    cm = ensure_class_map(root/'inv'/'inventory.parquet', root/'class_mapping.json')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        build_manifest(root/'inv'/'inventory.parquet', cm, stage=1, strategy='single_only', samples=2000, classes=10,
-                       allow_shortfall=True, out_dir=root/'manifest', data_root=root/'data')
+    synth_manifest(root, classes=10, per_class=16, combos=0, scale=0.2, samples=2000, strategy='single_only', stage=1,
+                   seed=3, split_seed=42)
     held = shared_look_codes(root/'inv'/'inventory.parquet')
     assert 2 <= len(held) <= 4, held  # the tree this test was built on: 2 twin pairs
     h = holdout_manifest(root/'manifest', root/'manifest_holdout', classes=held)
