@@ -11,7 +11,7 @@ Writes reports/bench_latency.md and reports/bench_latency.png. Usage:
 Without --run it builds the tests' tiny run (tests/eval_run.py: 60 classes, 240 combinations, a detector that finds
 the pills) first (several minutes on 2 cores).
 """
-import argparse, json, os, sys, tempfile, time, warnings
+import argparse, json, os, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 
@@ -79,7 +79,7 @@ def main():
     from pillsnap.evaluate import device_name
     from pillsnap.export import export, export_classifier, quantize_classifier
     from pillsnap.manifest import read_manifest
-    from pillsnap.predict import Detector, TwoStagePredictor, ort_session, run_files
+    from pillsnap.predict import Detector, TwoStagePredictor
     from pillsnap.yolo import manifest_data_root
     work = a.work or Path(tempfile.mkdtemp(prefix='pillsnap-bench-lat-'))
     t0, load0 = time.time(), os.getloadavg()
@@ -89,7 +89,7 @@ def main():
     singles = [root/p for p in df[df.kind == 'single'].path]
     combos, npills = [root/p for p in df[df.kind == 'combo'].path], df[df.kind == 'combo'].n_pills.tolist()
     ex = export(run, out=work/'export', check=False)
-    rows, samples, found = [], {}, {}
+    rows, samples = [], {}
 
     def bench(label, pr, files, mode, bare=None, det=None):
         it, got = iter(range(10**9)), []
@@ -107,7 +107,6 @@ def main():
         x, name = np.zeros((1, 3, size, size), np.float32), sess.get_inputs()[0].name
         return stats(timed(lambda: sess.run(None, {name: x}), a.n))['p50']
 
-    files = run_files(run)
     pt = TwoStagePredictor(run, single_crop='whole')
     ox = TwoStagePredictor(classifier=ex.classifier, detector=ex.detector, single_crop='whole')  # ONNX Runtime direct
     oy = TwoStagePredictor(classifier=ex.classifier, single_crop='whole')
@@ -166,7 +165,7 @@ def write_report(rows, samples, info):
                'single s profile 384, whole image (ONNX Runtime int8)': ('< 200 ms', 200)}
     t['target'] = [targets.get(c, ('', None))[0] for c in t.case]
     t['met'] = [('yes' if p <= targets[c][1] else 'NO') if c in targets else '' for c, p in zip(t.case, t.p95)]
-    md = [f'# CPU latency per image, batch 1: PyTorch vs ONNX Runtime', '',
+    md = ['# CPU latency per image, batch 1: PyTorch vs ONNX Runtime', '',
           f"{kst_now()} · {info['device']} · {info['n']} images per case after 5 warm-up · torch threads {info['torch_threads']}",
           '', f"Machine load (1-min load average, 2 cores) at the start {info['load'][0][0]:.1f} and the end {info['load'][1][0]:.1f} "
           'of the bench: other jobs shared the CPU, so absolute times are inflated; the ratio to the bare forward pass '
