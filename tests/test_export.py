@@ -1,7 +1,7 @@
 """ONNX export of a real tiny run: parity within 1e-3 and full top-1 agreement; a deliberately altered graph fails the
 check; the predictor on the ONNX files gives the PyTorch predictions; the exported detector run directly in ONNX Runtime
 gives ultralytics' boxes; the int8 export has its own parity block and the predictor runs it."""
-import json
+import json, shutil
 import numpy as np
 import onnx
 import pytest
@@ -86,3 +86,39 @@ def test_int8_export_has_its_parity_block_and_the_predictor_runs_it(tiny_run, ex
     assert len(res.predictions) == 2 and not res.errors and len(capsys.readouterr().out.splitlines()) == 2
     out = run_cli('predict', files[0], '--mode', 'combo', '--run', tiny_run, '--int8', '--json').stdout
     assert len(json.loads(out)['pills']) == df.n_pills[0]
+
+
+def test_a_failed_or_superseded_int8_export_is_refused(tiny_run, exported, tmp_path):
+    run = tmp_path/'run'
+    shutil.copytree(tiny_run, run)  # an own copy: the module's export stays as it is
+    q8 = run/'export'/'classifier.int8.onnx'
+    q8.unlink()
+    img = split_files(tiny_run, 'test', 'single')[0][0]
+    with pytest.raises(ParityError, match='int8 classifier ONNX parity failed'):
+        export(run, detector=False, int8=True, int8_min_agreement=1.01)  # a rule no int8 copy can pass
+    rep = json.loads((run/'export_report.json').read_text())
+    assert rep['classifier_int8'] is None and not rep['int8_parity']['passed'] and rep['int8_parity']['min_top1_agreement'] == 1.01
+    assert not q8.exists() and not list((run/'export').glob('*.tmp*'))  # neither the failed file nor its temp file is left
+    res = run_cli('predict', img, '--mode', 'single', '--run', run, '--int8', check=False)
+    assert res.returncode != 0 and 'pillsnap export --run' in res.stderr and not res.stdout.strip()
+    shutil.copy2(exported.classifier_int8, q8)  # an int8 file from an earlier export, then an export without --int8
+    export(run, detector=False)
+    assert json.loads((run/'export_report.json').read_text())['classifier_int8'] is None
+    with pytest.raises(FileNotFoundError, match='did not write it'): TwoStagePredictor(run, int8=True)
+
+
+def test_an_nms_export_of_the_detector_runs_through_ultralytics(tiny_run, exported, tmp_path):
+    from pillsnap.offline import configure_offline
+    configure_offline()
+    from ultralytics import YOLO
+    pt = run_files(tiny_run)['detector']
+    f = shutil.move(YOLO(str(pt)).export(format='onnx', imgsz=Detector(pt).imgsz, nms=True, device='cpu', verbose=False), tmp_path/'nms.onnx')
+    d = Detector(f)
+    assert not d.direct and d.yolo is not None  # (1, 300, 6) output: not the raw layout the direct decoder reads
+    files, df = split_files(tiny_run, 'test', 'combo')
+    imgs = [Image.open(p).convert('RGB') for p in files[:4]]
+    got, ref = d(imgs, 0.5), Detector(pt)(imgs, 0.5, iou=0.7)  # the export's own NMS keeps ultralytics' default IoU 0.7
+    assert [len(b) for b, _ in got] == [len(b) for b, _ in ref] and sum(len(b) for b, _ in got) > 0
+    for (bg, sg), (br, sr), im in zip(got, ref, imgs):
+        assert ((0 < sg) & (sg <= 1)).all() and (bg[:, 2] <= im.width).all() and (bg[:, 3] <= im.height).all()
+        if len(bg): assert float(box_iou(torch.tensor(bg), torch.tensor(br)).max(1).values.min()) >= 0.9

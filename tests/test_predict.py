@@ -85,3 +85,12 @@ def test_a_run_whose_pinned_class_map_differs_is_refused(tiny_run, tmp_path):
     shutil.copytree(tiny_run, run)
     (run/'class_map.sha256').write_text('0' * 64 + '  class_mapping.json\n')
     with pytest.raises(RunMismatch, match='refusing to predict'): TwoStagePredictor(run)
+
+
+@pytest.mark.parametrize('conf', [2, -1, float('nan')])
+def test_a_confidence_outside_0_1_is_refused_naming_it(tiny_run, predictor, conf):
+    files, _ = split_files(tiny_run, 'test', 'combo')
+    with pytest.raises(ValueError, match=rf'conf must be a number in \[0, 1\], not {conf!r}'):
+        predict(files[:1], mode='combo', run=tiny_run, conf=conf)
+    with pytest.raises(ValueError, match='conf must be'): predictor.predict(files[:1], mode='combo', conf=conf)
+    with pytest.raises(ValueError, match='conf must be'): predictor.detector([Image.open(files[0])], conf=conf)
