@@ -97,6 +97,47 @@ def test_a_huge_width_or_height_is_bad_json_not_a_traceback(tree, tmp_path, fiel
     assert png not in set(res.inventory.path)
 
 
+def test_a_cp949_label_and_a_lone_surrogate_are_bad_json_and_the_inventory_reads_back(tree, tmp_path):
+    "Arrow's JSON reader takes non-UTF-8 bytes as text; \\ud800 is text Python cannot write as UTF-8: both are bad_json."
+    from pillsnap.scan import read_inventory
+    root, made = tree
+    singles = made.images[(made.images.kind == 'single') & (made.images.split == 'train')]
+    pairs = []
+    for _, row in singles.iloc[:2].iterrows():
+        folder = int(row.path.split('/')[3].split('_')[1])
+        pairs.append((row.path, label_files('train', [row.codes], Path(row.path).stem, folder)[0]))
+    (png1, label1), (png2, label2) = pairs
+    (root/label1).write_bytes((root/label1).read_text(encoding='utf-8').encode('cp949'))
+    doc = json.loads((root/label2).read_text(encoding='utf-8'))
+    doc['images'][0]['dl_name'] = 'x\ud800'
+    (root/label2).write_text(json.dumps(doc), encoding='ascii')  # ensure_ascii: the escape "\ud800" in the file
+    res = run_cli('scan', '--data-root', root, '--out', tmp_path/'out', '--check', 'images')
+    assert res.returncode == 0
+    q = pd.read_csv(tmp_path/'out'/'quarantine.csv', keep_default_na=False)
+    bad = q[q.fault == 'bad_json'].set_index('path').message
+    assert {label1, label2} <= set(bad.index)
+    assert 'UnicodeDecodeError' in bad[label1] and 'UnicodeEncodeError' in bad[label2], bad.to_dict()
+    inv = read_inventory(tmp_path/'out')
+    assert inv.path.tolist() == [p for p in made.images.path if p not in (png1, png2)]
+    again = run_cli('scan', '--data-root', root, '--out', tmp_path/'out', '--check', 'images')  # from the cache
+    assert again.returncode == 0 and read_inventory(tmp_path/'out').path.tolist() == inv.path.tolist()
+    assert pd.read_csv(tmp_path/'out'/'quarantine.csv', keep_default_na=False).equals(q)
+
+
+def test_check_images_with_few_walk_units_keeps_the_pool_the_reader_thread_used(tmp_path, monkeypatch):
+    "Walked in this process (< MIN_PARALLEL_UNITS), the pool is first used by the label-reader thread, then by the image check."
+    import pillsnap.scan as S
+    from functools import partial
+    made = synth(tmp_path/'aihub', classes=4, per_class=3, combos=1, scale=0.1, progress=False)
+    units = [p for p in (tmp_path/'aihub'/'train').glob('*/*/*') if p.is_dir()]
+    assert len(units) < S.MIN_PARALLEL_UNITS
+    monkeypatch.setattr(S, 'run_chunked', partial(S.run_chunked, min_parallel=1))  # a tiny tree still uses the pool
+    for _ in range(3):  # the workers used to die with the reader thread: BrokenProcessPool in the image check
+        res = quiet(tmp_path/'aihub', tmp_path/'out', check='images', split='train', workers=2, no_cache=True)
+        assert res.counts['images_verified'] == len(res.inventory) == (made.images.split == 'train').sum()
+        assert res.quarantine.empty
+
+
 # §2.3 the cache
 def test_a_fixed_permission_error_is_not_served_from_the_cache(tree, tmp_path):
     root, made = tree
