@@ -1,0 +1,25 @@
+"E2E with a longer-trained detector: same manifest, classifier of the target_tiny run, detector trained 45 epochs."
+import json, time, resource
+from pathlib import Path
+from pillsnap.train import train
+from pillsnap.predict import TwoStagePredictor
+from pillsnap.evaluate import _split_items, _detection, gt_boxes_xyxy
+from pillsnap.runlog import read_metrics
+w = Path('/work/exp/tt'); out = w/'det45'
+c0 = time.process_time()
+if not (out/'detector'/'weights'/'best.pt').exists():
+    train(w/'manifest', out=out, target='detector', epochs=45, workers=0, echo=False)
+cpu = time.process_time() - c0
+ep = read_metrics(out, 'epoch', 'detector')
+pr = TwoStagePredictor(w/'run', detector=out/'detector'/'weights'/'best.pt')
+df, root = _split_items(w/'manifest', 'test', None, 42)
+combos = df[df.kind == 'combo']
+cfiles = [str(root/p) for p in combos.path]
+gts = [gt_boxes_xyxy(b) for b in combos.boxes]; codes = [c.split('|') for c in combos.codes]
+res = {}
+for conf in (0.3, 0.5):
+    det, combo, _ = _detection(pr, cfiles, gts, codes, 16, conf)
+    res[conf] = dict(map50=det.get('map50'), **{k: combo[k] for k in ('images', 'pills', 'precision', 'recall', 'images_all_right', 'code_accuracy_of_detected')})
+out_d = dict(detector_epochs=45, detector_val_map50_best=float(ep.map50.max()), detector_cpu_s=round(cpu, 1), test=res)
+print(json.dumps(out_d, indent=1, default=str))
+(w/'e2e_det45.json').write_text(json.dumps(out_d, indent=1, default=str))
