@@ -1,5 +1,9 @@
-"E2E with a longer-trained detector: same manifest, classifier of the target_tiny run, detector trained 45 epochs."
-import json, time, resource
+"""End-to-end combination with a converged detector: the classifier of bench/target_tiny.py's run and a detector
+trained 45 epochs on the same manifest; writes WORK/e2e_det45.json.
+
+    .venv/bin/python bench/target_tiny_detector45.py   # after: bench/target_tiny.py --work /work/exp/tt
+"""
+import json, time
 from pathlib import Path
 from pillsnap.train import train
 from pillsnap.predict import TwoStagePredictor
