@@ -1,15 +1,15 @@
 """End-to-end combination with a converged detector: the classifier of bench/target_tiny.py's run and a detector
 trained 45 epochs on the same manifest; writes WORK/e2e_det45.json.
 
-    .venv/bin/python bench/target_tiny_detector45.py   # after: bench/target_tiny.py --work /work/exp/tt
+    .venv/bin/python bench/target_tiny_detector45.py WORK   # after: bench/target_tiny.py --work WORK
 """
-import json, time
+import json, sys, time
 from pathlib import Path
 from pillsnap.train import train
 from pillsnap.predict import TwoStagePredictor
 from pillsnap.evaluate import _split_items, _detection, gt_boxes_xyxy
 from pillsnap.runlog import read_metrics
-w = Path('/work/exp/tt'); out = w/'det45'
+w = Path(sys.argv[1]); out = w/'det45'  # the --work folder of bench/target_tiny.py
 c0 = time.process_time()
 if not (out/'detector'/'weights'/'best.pt').exists():
     train(w/'manifest', out=out, target='detector', epochs=45, workers=0, echo=False)
