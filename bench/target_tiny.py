@@ -4,7 +4,7 @@ one `pillsnap.evaluate.evaluate` on the test split (the official-val tree, never
 Targets: classifier group-split val top-1 >= 0.95, detector val mAP@0.5 >= 0.9, end-to-end combination per-pill recall
 >= 0.95 at precision >= 0.95 on the test split, all within a demo-sized CPU budget. Writes reports/target_tiny.{md,json,png}.
 
-    .venv/bin/python bench/target_tiny.py --work /tmp/tt [--per-class 160 --combos 120 --epochs 20 --detector-epochs 15]
+    .venv/bin/python bench/target_tiny.py --work /tmp/tt [--per-class 160 --combos 120 --epochs 20 --detector-epochs 45]
 """
 import argparse, json, os, resource, time
 from pathlib import Path
@@ -67,7 +67,7 @@ def main():
     ap.add_argument('--work', type=Path, required=True)
     ap.add_argument('--classes', type=int, default=30); ap.add_argument('--per-class', type=int, default=160)
     ap.add_argument('--combos', type=int, default=120)
-    ap.add_argument('--epochs', type=int, default=None); ap.add_argument('--detector-epochs', type=int, default=None)
+    ap.add_argument('--epochs', type=int, default=None); ap.add_argument('--detector-epochs', type=int, default=45)  # 120 combinations: 10 iterations/epoch, warm-up >= 100
     ap.add_argument('--lr', type=float, default=None); ap.add_argument('--batch-size', type=int, default=None)
     ap.add_argument('--ema', action='store_true', default=None)
     ap.add_argument('--out', type=Path, default=REPO/'reports')
