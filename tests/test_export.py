@@ -122,3 +122,14 @@ def test_an_nms_export_of_the_detector_runs_through_ultralytics(tiny_run, export
     for (bg, sg), (br, sr), im in zip(got, ref, imgs):
         assert ((0 < sg) & (sg <= 1)).all() and (bg[:, 2] <= im.width).all() and (bg[:, 3] <= im.height).all()
         if len(bg): assert float(box_iou(torch.tensor(bg), torch.tensor(br)).max(1).values.min()) >= 0.9
+
+
+def test_a_truncated_or_empty_onnx_file_is_a_clear_error_naming_it(tiny_run, exported, tmp_path):
+    "Half a classifier.onnx, an empty detector.onnx: one-line errors naming the file (the CLI prints them, no traceback)."
+    half, empty = tmp_path/'classifier.onnx', tmp_path/'detector.onnx'
+    half.write_bytes(exported.classifier.read_bytes()[: exported.classifier.stat().st_size // 2]); empty.write_bytes(b'')
+    with pytest.raises(ValueError, match='not a readable ONNX model'): OnnxClassifier(half)
+    with pytest.raises(ValueError, match='not a readable ONNX model'): Detector(empty)
+    img = split_files(tiny_run, 'test', 'single')[0][0]
+    r = run_cli('predict', img, '--mode', 'single', '--weights', half, check=False)
+    assert r.returncode != 0 and str(half) in r.stderr and 'not a readable ONNX model' in r.stderr and 'Traceback' not in r.stderr
