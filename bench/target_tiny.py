@@ -6,7 +6,7 @@ Targets: classifier group-split val top-1 >= 0.95, detector val mAP@0.5 >= 0.9, 
 
     .venv/bin/python bench/target_tiny.py --work /tmp/tt [--per-class 160 --combos 120 --epochs 20 --detector-epochs 45]
 """
-import argparse, json, os, resource, time
+import argparse, json, os, resource, sys, time
 from pathlib import Path
 
 from pillsnap.evaluate import evaluate
@@ -71,7 +71,6 @@ def main():
     ap.add_argument('--lr', type=float, default=None); ap.add_argument('--batch-size', type=int, default=None)
     ap.add_argument('--ema', action='store_true', default=None)
     ap.add_argument('--out', type=Path, default=REPO/'reports')
-    import sys
     a = ap.parse_args(); a.argv = sys.argv[1:]
     manifest = a.work/'manifest'
     if not (manifest/'yolo'/'data.yaml').exists():
@@ -89,8 +88,7 @@ def main():
     plot_training(run).savefig(a.out/'target_tiny.png', dpi=90)
     (a.out/'target_tiny.md').write_text(report(a, run, ev, cost), encoding='utf-8')
     keep = {k: ev.get(k) for k in ('classification', 'detection', 'combo', 'figures')}
-    for k in ('classification',):
-        if keep.get(k): keep[k] = {x: v for x, v in keep[k].items() if x not in ('per_class',)}
+    if keep['classification']: keep['classification'] = {x: v for x, v in keep['classification'].items() if x != 'per_class'}
     (a.out/'target_tiny.json').write_text(json.dumps(dict(cost=cost, run=str(run), **keep), indent=1, default=str))
     print((a.out/'target_tiny.md').read_text())
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/80_predict.ipynb #c45800ea
 from __future__ import annotations
-import json, sys, time, warnings
+import ast, json, sys, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
@@ -209,7 +209,7 @@ def _raw_square(session, meta: dict) -> bool:
     i, o = session.get_inputs()[0].shape, session.get_outputs()[0].shape
     if len(i) != 4 or not all(isinstance(d, int) for d in i[2:]) or i[2] != i[3]: return False
     if len(o) != 3 or not all(isinstance(d, int) for d in o[1:]): return False
-    try: nc = len(__import__('ast').literal_eval(meta['names'])) if 'names' in meta else o[1] - 4
+    try: nc = len(ast.literal_eval(meta['names'])) if 'names' in meta else o[1] - 4
     except (ValueError, SyntaxError): return False
     return o[1] == 4 + nc and o[2] > o[1] and nc > 0
 

@@ -350,7 +350,7 @@ def train(manifest_dir: str | Path,  # a manifest folder (pillsnap manifest); it
     if DETECTOR in models_of(p['target']) and not _train_combos(sampling_params(manifest_dir)):
         raise ValueError(f'{manifest_dir} has no combination images in its train split: the detector cannot be trained '
                          'on it; train the classifier (target classifier) or build a manifest with combinations')
-    before = _files_in(run_dir)
+    before = None if resume else _files_in(run_dir)  # the set-up undo (fresh runs only) keeps what was there
     log = _start_run(run_dir, p, manifest_dir, resume, echo)
     with StopSignals(log) as sig:
         tp = {**p, 'inject_oom': inject_oom}  # the diagnostic reaches the trainer, never run.json
