@@ -8,16 +8,16 @@ import ast, json, sys, time, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from .cache import CACHE_SIZE, MARGIN, crop_image
 from .offline import configure_offline
 
 # %% auto #0
-__all__ = ['MODES', 'ONNX_META_KEY', 'INT8_CLASSIFIER', 'SINGLE_CROPS', 'UNKNOWN', 'Pill', 'Prediction', 'clip_box',
-           'xyxy_to_xywh', 'RunMismatch', 'TorchClassifier', 'ort_session', 'OnnxClassifier', 'load_classifier_backend',
-           'crop_tensor', 'foreground_box', 'letterbox', 'unletterbox', 'decode_yolo', 'check_conf', 'Detector',
-           'run_files', 'check_class_map', 'int8_files', 'measured_crop', 'TwoStagePredictor', 'draw_prediction',
-           'PredictResult', 'split_weights', 'predict']
+__all__ = ['MODES', 'ONNX_META_KEY', 'INT8_CLASSIFIER', 'SINGLE_CROPS', 'UNKNOWN', 'EXIF_ORIENTATION', 'Pill', 'Prediction',
+           'clip_box', 'xyxy_to_xywh', 'RunMismatch', 'TorchClassifier', 'ort_session', 'OnnxClassifier',
+           'load_classifier_backend', 'crop_tensor', 'foreground_box', 'letterbox', 'unletterbox', 'decode_yolo',
+           'check_conf', 'Detector', 'run_files', 'check_class_map', 'int8_files', 'measured_crop', 'TwoStagePredictor',
+           'upright_rgb', 'draw_prediction', 'PredictResult', 'split_weights', 'predict']
 
 # %% ../nbs/80_predict.ipynb #5bb396a0
 MODES = ('single', 'combo')
@@ -363,13 +363,20 @@ def _pill(self: TwoStagePredictor, probs: np.ndarray, box_xyxy, det_score, w: in
                 None if score is None else round(float(score), 6))
 
 # %% ../nbs/80_predict.ipynb #b69c2d86
+EXIF_ORIENTATION = 0x0112  # the EXIF tag phone cameras set instead of rotating the pixels
+
+def upright_rgb(im: Image.Image) -> Image.Image:
+    "`im` as RGB, turned as its EXIF Orientation says (a phone photo shot sideways), so pixel boxes match what a viewer shows."
+    if im.getexif().get(EXIF_ORIENTATION, 1) != 1: im = ImageOps.exif_transpose(im)
+    return im.convert('RGB')
+
 def _as_image(x) -> tuple[str, Image.Image]:
-    "(name, RGB image) of a path or a PIL image; a clear error naming the file if it cannot be read."
-    if isinstance(x, Image.Image): return getattr(x, 'filename', '') or '<image>', x.convert('RGB')
+    "(name, upright RGB image) of a path or a PIL image; a clear error naming the file if it cannot be read."
+    if isinstance(x, Image.Image): return getattr(x, 'filename', '') or '<image>', upright_rgb(x)
     p = Path(x)
     if not p.exists(): raise FileNotFoundError(f'{p}: no such file')
     try:
-        with Image.open(p) as im: return str(p), im.convert('RGB')
+        with Image.open(p) as im: return str(p), upright_rgb(im)
     except Exception as e: raise ValueError(f'{p}: cannot read the image ({type(e).__name__}: {e})') from e
 
 @patch

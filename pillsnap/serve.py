@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 import pillsnap
 from .outputs import KST, kst_now
-from .predict import MODES, TwoStagePredictor
+from .predict import MODES, TwoStagePredictor, upright_rgb
 
 _log = logging.getLogger('pillsnap.serve')
 
@@ -80,7 +80,7 @@ def decode_image(im: Image.Image, name: str = 'image') -> Image.Image:
     "The decoded RGB image; `ApiError` 422 for data that cannot be decoded (e.g. a truncated file)."
     try:
         im.load()
-        return im.convert('RGB')
+        return upright_rgb(im)
     except Exception as e: raise ApiError(422, f'{name}: the image data cannot be decoded ({type(e).__name__})') from None
 
 # %% ../nbs/92_serve.ipynb #7cf3a83a

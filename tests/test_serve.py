@@ -87,6 +87,20 @@ def test_batch_answers_each_image_in_order_and_refuses_17(client, images):
                        413, 'at most 1 image', '/batch')
 
 
+def test_a_sideways_phone_photo_is_answered_upright(client, tiny_run, images):
+    "A JPEG stored sideways with EXIF Orientation 6 (as phones save it) is turned upright: sizes and boxes as a viewer shows it."
+    name, data = images['combo'][0]
+    up = Image.open(io.BytesIO(data)).convert('RGB')
+    exif = Image.Exif(); exif[0x0112] = 6  # 'turn 90° clockwise to view'
+    b = io.BytesIO(); up.transpose(Image.Transpose.ROTATE_90).save(b, format='JPEG', quality=95, exif=exif.tobytes())
+    r = client.post('/predict', headers=H, files={'image': ('phone.jpg', b.getvalue())}, data={'mode': 'combo'})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert (d['width'], d['height']) == up.size != up.transpose(Image.Transpose.ROTATE_90).size
+    assert d['pills'] and all(0 <= x0 < x1 <= up.width and 0 <= y0 < y1 <= up.height for x0, y0, x1, y1 in (p['box_xyxy'] for p in d['pills']))
+    assert len(d['pills']) == len(TwoStagePredictor(tiny_run).predict(up, mode='combo')[0].pills)
+
+
 @pytest.mark.parametrize('case', ['no key', 'wrong key', 'gif', 'text as png', 'bomb', 'too many pixels', 'missing mode', 'auto mode',
                                   'missing image', 'image as text field', 'bad conf', 'truncated png', 'not multipart',
                                   'user key on reload', 'unknown path'])
