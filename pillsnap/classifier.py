@@ -140,8 +140,8 @@ def pill_transforms(img_size: int, mean, std, train: bool):
     from torchvision.transforms import v2
     norm = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if not train: return v2.Compose([v2.Resize((img_size, img_size), antialias=True), *norm])
-    return v2.Compose([v2.RandomResizedCrop(img_size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
-                       v2.RandomRotation(180, fill=0),
+    return v2.Compose([v2.RandomResizedCrop(img_size, scale=(0.85, 1.0), ratio=(0.9, 1.1), antialias=True),
+                       v2.RandomHorizontalFlip(), v2.RandomChoice([v2.RandomRotation((k, k)) for k in (0, 90, 180, 270)]),
                        v2.ColorJitter(brightness=0.15, contrast=0.15, saturation=0.1, hue=0.0), *norm])
 
 # %% ../nbs/72_classifier.ipynb #bd6af7fd
