@@ -28,9 +28,10 @@ from pillsnap.scan import read_inventory, scan
 TARGETS = {'names': 3.0, 'labels': 1.5}
 LATITUDES = (60, 70, 75, 90)
 CHUNK = 256  # files per pool task, as `pillsnap.scan.run_chunked` sends them
-# The real release has 2.3M label JSONs. A scan has per-scan costs that do not grow with the tree (forking the pool,
-# the run record, opening the output files): about 0.05 s, a tenth of the bare loop over 20k files but 2% over 100k
-# and nothing over 2.3M. 100k labels (a 2-minute tree build) keeps the ratio about the per-file work a user waits for.
+# The real release has 2.3M label JSONs. A scan has costs that do not grow with the tree (some hundred pandas/Arrow
+# calls at ~0.1 ms each, the pool start, the run record, the output files): 0.1-0.2 CPU-s for a 530-file tree, a
+# quarter of the bare loop over 20k files but a few % over 100k and nothing over 2.3M. 100k labels (a tree built in
+# about a minute) keeps the ratio about the per-file work a user of the real data waits for.
 LABELS = 100_000
 
 
@@ -268,8 +269,8 @@ cores, so seconds are not comparable across runs, while the ratios (alternating 
 
 {r['files']:,} AIHub-style label JSONs ({r['kb']:.1f} kB each, every field of AIHUB_FORMAT.md) with their images
 (8-byte files: the labels level stats them for zero-byte files but does not open them). The tree is large enough
-that the scan's fixed costs (pool start, run record, output files: ~0.05 s) do not decide the ratio: the real
-release has 2.3M labels, where they are nothing.
+that the scan's fixed costs (0.1-0.2 CPU-s for a 530-file tree: pool start, run record, output files, some hundred
+pandas/Arrow calls) do not decide the ratio: the real release has 2.3M labels, where they are nothing.
 
 | | each run | median |
 |---|---|---|
