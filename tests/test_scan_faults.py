@@ -127,11 +127,10 @@ def test_a_cp949_label_and_a_lone_surrogate_are_bad_json_and_the_inventory_reads
 def test_check_images_with_few_walk_units_keeps_the_pool_the_reader_thread_used(tmp_path, monkeypatch):
     "Walked in this process (< MIN_PARALLEL_UNITS), the pool is first used by the label-reader thread, then by the image check."
     import pillsnap.scan as S
-    from functools import partial
     made = synth(tmp_path/'aihub', classes=4, per_class=3, combos=1, scale=0.1, progress=False)
     units = [p for p in (tmp_path/'aihub'/'train').glob('*/*/*') if p.is_dir()]
     assert len(units) < S.MIN_PARALLEL_UNITS
-    monkeypatch.setattr(S, 'run_chunked', partial(S.run_chunked, min_parallel=1))  # a tiny tree still uses the pool
+    monkeypatch.setattr(S, 'MIN_PARALLEL_FILES', 1)  # a tiny tree still uses the pool
     for _ in range(3):  # the workers used to die with the reader thread: BrokenProcessPool in the image check
         res = quiet(tmp_path/'aihub', tmp_path/'out', check='images', split='train', workers=2, no_cache=True)
         assert res.counts['images_verified'] == len(res.inventory) == (made.images.split == 'train').sum()
