@@ -5,6 +5,7 @@
 # %% ../nbs/20_scan.ipynb #089c58a0
 from __future__ import annotations
 import contextvars, ctypes, glob, json, math, os, re, signal, sys, warnings
+from stat import S_ISREG
 from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,22 +26,22 @@ from .outputs import atomic_path, write_run_record, write_table
 # %% auto #0
 __all__ = ['UNIT_DEPTH', 'MIN_PARALLEL_UNITS', 'MIN_PARALLEL_WALK', 'WALK_COLUMNS', 'SPLIT_KINDS', 'FAULTS', 'KEPT_FAULTS',
            'QUARANTINE_COLUMNS', 'BAD_NAME', 'MIN_THREADED_FILES', 'CODES', 'REST', 'UNREADABLE_AT', 'FILE_AT',
-           'EXPLAINED', 'PILL_TEXT', 'STAT_COLUMNS', 'NO_STAT', 'LABEL_COLUMNS', 'MAX_SIDE', 'LABEL_SCHEMA',
-           'IMAGE_COLUMNS', 'MIN_PARALLEL_FILES', 'CACHE_NAME', 'CACHE_ROOT', 'CACHE_DTYPES', 'LABEL_CHUNK',
-           'BOX_TOLERANCE_PX', 'PILL_TYPE', 'INVENTORY_COLUMNS', 'INVENTORY_DTYPES', 'SPLITS', 'CHECKS', 'EXPECTED',
-           'SCAN_OUTPUTS', 'INVENTORY_DICTIONARY', 'flags', 'only', 'is_in', 'lookup', 'shared_ids', 'shared_pool',
-           'imap', 'safe_name', 'encoding_message', 'utf8_split', 'Walked', 'link_fault', 'read_folder', 'stat_pngs',
-           'walk_unit', 'file_table', 'walk_tree', 'parse_folders', 'fault_rows', 'named_files', 'mismatch_message',
-           'add_keys', 'folder_info', 'label_jsons', 'sort_files', 'stray_message', 'combo_codes', 'image_table',
-           'pill_pairs', 'missing_faults', 'match_labels', 'duplicate_images', 'train_val_copies', 'explained_by',
-           'explain_unreadable', 'is_number', 'label_fields', 'text', 'file_code', 'label_mismatch', 'fault_row',
-           'read_file', 'parsed_rows', 'label_rows', 'rows_table', 'read_labels', 'batch_rows', 'image_fault',
-           'check_images', 'run_chunked', 'cache_frame', 'load_cache', 'stat_paths', 'stat_files', 'cache_hits',
-           'read_checked', 'save_cache', 'box_text', 'label_faults', 'pill_lists', 'label_columns', 'label_paths',
-           'build_inventory', 'ScanResult', 'in_thread', 'label_reader', 'read_files', 'label_boxes', 'size_mismatches',
-           'empty_images', 'image_faults', 'check_contents', 'fault_summary', 'box_frame', 'check_scan_args',
-           'check_tree', 'check_found', 'check_out_dir', 'remove_stale_tmp', 'write_inventory', 'write_outputs', 'scan',
-           'read_inventory']
+           'EXPLAINED', 'PILL_TEXT', 'STAT_COLUMNS', 'NO_STAT', 'LABEL_COLUMNS', 'MAX_SIDE', 'MAX_LABEL_BYTES',
+           'LABEL_SCHEMA', 'IMAGE_COLUMNS', 'MIN_PARALLEL_FILES', 'CACHE_NAME', 'CACHE_ROOT', 'CACHE_DTYPES',
+           'LABEL_CHUNK', 'BOX_TOLERANCE_PX', 'PILL_TYPE', 'INVENTORY_COLUMNS', 'INVENTORY_DTYPES', 'SPLITS', 'CHECKS',
+           'EXPECTED', 'SCAN_OUTPUTS', 'INVENTORY_DICTIONARY', 'flags', 'only', 'is_in', 'lookup', 'shared_ids',
+           'shared_pool', 'imap', 'safe_name', 'encoding_message', 'utf8_split', 'Walked', 'link_fault', 'read_folder',
+           'stat_pngs', 'walk_unit', 'file_table', 'walk_tree', 'parse_folders', 'fault_rows', 'named_files',
+           'mismatch_message', 'add_keys', 'folder_info', 'label_jsons', 'sort_files', 'stray_message', 'combo_codes',
+           'image_table', 'pill_pairs', 'missing_faults', 'match_labels', 'duplicate_images', 'train_val_copies',
+           'explained_by', 'explain_unreadable', 'is_number', 'label_fields', 'text', 'file_code', 'label_mismatch',
+           'fault_row', 'read_file', 'parsed_rows', 'label_rows', 'rows_table', 'read_labels', 'batch_rows',
+           'image_fault', 'check_images', 'run_chunked', 'cache_frame', 'load_cache', 'stat_paths', 'stat_files',
+           'cache_hits', 'read_checked', 'save_cache', 'box_text', 'label_faults', 'pill_lists', 'label_columns',
+           'label_paths', 'build_inventory', 'ScanResult', 'in_thread', 'label_reader', 'read_files', 'label_boxes',
+           'size_mismatches', 'empty_images', 'image_faults', 'check_contents', 'fault_summary', 'box_frame',
+           'check_scan_args', 'check_tree', 'check_found', 'check_out_dir', 'remove_stale_tmp', 'write_inventory',
+           'write_outputs', 'scan', 'read_inventory']
 
 # %% ../nbs/20_scan.ipynb #0ca15b5e
 def flags(values: pa.Array) -> np.ndarray:
@@ -554,13 +555,23 @@ def fault_row(path: str, fault: str, message: str, key: tuple = NO_STAT) -> list
     "The one `LABEL_COLUMNS` row of a label JSON that cannot be used (`key`: its `STAT_COLUMNS`)."
     return [(path, fault, message) + (None,) * (len(LABEL_COLUMNS) - 7) + key]
 
+MAX_LABEL_BYTES = 64 << 20  # a label JSON is ~1-2 kB; past this it is not one (e.g. a link to /dev/zero): refused, not read on
+
 def _read_fd(fd: int, size: int = 1 << 16) -> bytes:
-    "Everything left in the open file `fd`, read in one system call when `size` covers it."
-    parts = [os.read(fd, size)]
-    while len(parts[-1]) == size: parts.append(os.read(fd, 1 << 20)); size = 1 << 20
+    "Everything left in the open file `fd` (one system call when `size` covers it); OSError past `MAX_LABEL_BYTES`."
+    parts, n = [os.read(fd, size)], 0
+    while len(parts[-1]) == size:
+        n += size
+        if n > MAX_LABEL_BYTES: raise OSError(f'more than {MAX_LABEL_BYTES >> 20} MB: not a label JSON')
+        parts.append(os.read(fd, 1 << 20)); size = 1 << 20
     return b''.join(parts) if len(parts) > 1 else parts[0]
 
-_READ_FLAGS = os.O_RDONLY | getattr(os, 'O_BINARY', 0) | getattr(os, 'O_CLOEXEC', 0)  # the last two where they exist
+# O_NONBLOCK: opening a FIFO (a named pipe) named *.json must not wait for a writer that never comes
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_BINARY', 0) | getattr(os, 'O_CLOEXEC', 0)
+
+def _not_regular(st: os.stat_result) -> str | None:
+    "Why a file with status `st` is not read: a FIFO, socket or device is no label or image file."
+    return None if S_ISREG(st.st_mode) else 'not a regular file (a pipe, socket or device): not read'
 
 def read_file(root: str, path: str,
               with_stat: bool = True,  # False: `NO_STAT` for every file, one system call less (no cache to key)
@@ -572,6 +583,7 @@ def read_file(root: str, path: str,
     try:
         if not with_stat: return _read_fd(fd), NO_STAT, None
         st = os.fstat(fd)
+        if why := _not_regular(st): return None, NO_STAT, why
         return _read_fd(fd, st.st_size + 1), (st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino), None
     except OSError as e: return None, NO_STAT, f'cannot read it ({e.strerror or e})'
     finally: os.close(fd)
@@ -703,10 +715,11 @@ IMAGE_COLUMNS = ('path', 'fault', 'message', 'width', 'height', *STAT_COLUMNS)
 
 def image_fault(path: str) -> tuple:
     "(fault, why, width, height, *`STAT_COLUMNS`) of the PNG at `path`; fault None, `not_png`, `corrupt_image` or `unreadable`."
-    try: f = open(path, 'rb')
+    try: fd = os.open(path, _READ_FLAGS)  # non-blocking: a FIFO named *.png must not hang the scan
     except OSError as e: return 'unreadable', f'cannot read it ({e.strerror or e})', None, None, *NO_STAT
-    with f:
-        st = os.fstat(f.fileno())
+    st = os.fstat(fd)
+    if why := _not_regular(st): os.close(fd); return 'unreadable', why, None, None, *NO_STAT
+    with os.fdopen(fd, 'rb') as f:
         key = (st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino)
         try:
             if st.st_size == 0: return 'corrupt_image', 'zero-byte file', None, None, *key

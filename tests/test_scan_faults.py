@@ -258,6 +258,22 @@ def test_duplicate_stems_label_mismatch_and_zero_byte_images(tree, tmp_path):
     assert {tuple(faults_of(res, p)) for p in empty if (root/p).stat().st_size == 0} == {('corrupt_image',)}
 
 
+def test_a_fifo_named_like_a_label_or_an_image_is_quarantined_not_waited_on(tree, tmp_path):
+    "A named pipe has no writer: opening it the usual way blocks forever. Scans at both checks finish and list both pipes."
+    root, made = tree
+    png, label = a_single(made)
+    other_png, _ = a_single(made, 'val')
+    for p in (label, other_png): (root/p).unlink(); os.mkfifo(root/p)
+    for check in ('labels', 'images'):
+        code = f'from pillsnap.scan import scan; scan({str(root)!r}, {str(tmp_path/check)!r}, check={check!r}, progress=False)'
+        subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, timeout=300)  # a hang fails here
+        q = pd.read_csv(tmp_path/check/'quarantine.csv')
+        assert q[q.path == label].message.str.contains('not a regular file').all() and (q.path == label).any(), q[q.path == label]
+        inv = set(pd.read_parquet(tmp_path/check/'inventory.parquet').path)
+        assert png not in inv and other_png not in inv
+        if check == 'images': assert 'not a regular file' in q[q.path == other_png].message.iloc[0]
+
+
 def big_tree(root: Path, n: int = 8000, codes: int = 200) -> Path:
     "`n` zero-byte single-pill images and their small label JSONs, over 12 TS_n/TL_n folders (paths by `pillsnap.layout`)."
     for i in range(n):
