@@ -365,14 +365,21 @@ def _pill(self: TwoStagePredictor, probs: np.ndarray, box_xyxy, det_score, w: in
 # %% ../nbs/80_predict.ipynb #b69c2d86
 EXIF_ORIENTATION = 0x0112  # the EXIF tag phone cameras set instead of rotating the pixels
 
+def _orientation(im: Image.Image) -> int:
+    "The EXIF Orientation of `im` (1, upright, when it has none or its EXIF block cannot be parsed: the pixels still can)."
+    try: return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception: return 1
+
 def upright_rgb(im: Image.Image) -> Image.Image:
     "`im` as RGB, turned as its EXIF Orientation says (a phone photo shot sideways), so pixel boxes match what a viewer shows."
-    if im.getexif().get(EXIF_ORIENTATION, 1) != 1: im = ImageOps.exif_transpose(im)
+    if _orientation(im) != 1:
+        try: im = ImageOps.exif_transpose(im)
+        except Exception: pass  # an orientation Pillow cannot apply: the pixels as stored
     return im.convert('RGB')
 
 def _as_image(x) -> tuple[str, Image.Image]:
-    "(name, upright RGB image) of a path or a PIL image; a clear error naming the file if it cannot be read."
-    if isinstance(x, Image.Image): return getattr(x, 'filename', '') or '<image>', upright_rgb(x)
+    "(name, RGB image) of a path (turned upright by its EXIF) or a PIL image (its pixels as given); a clear error naming the file."
+    if isinstance(x, Image.Image): return getattr(x, 'filename', '') or '<image>', x.convert('RGB')
     p = Path(x)
     if not p.exists(): raise FileNotFoundError(f'{p}: no such file')
     try:
@@ -450,7 +457,7 @@ def predict_files(self: TwoStagePredictor, paths, mode: str = 'single', conf: fl
 def draw_prediction(pred: Prediction, img: Image.Image | None = None, truth: list[bool] | None = None) -> Image.Image:
     "The image with each pill's box and code (green, or red where `truth` marks it wrong)."
     from PIL import ImageDraw
-    img = (img or Image.open(pred.image)).convert('RGB').copy()
+    img = img.convert('RGB').copy() if img is not None else _as_image(pred.image)[1]  # the file turned upright, as predicted
     d = ImageDraw.Draw(img)
     lw = max(1, round(min(img.size) / 150))
     for i, p in enumerate(pred.pills):

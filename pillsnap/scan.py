@@ -233,7 +233,7 @@ def walk_tree(root: str | Path,  # the data root
               follow_links: bool = False,  # follow symbolic links to folders (see `link_fault`)
               stat: bool = False,  # also stat every image (see `stat_pngs`), in the walkers
               found: dict | None = None,  # receives 'empty': `path`, `size` of the zero-byte images `stat` found
-              min_parallel_files: int = 0,  # a tree estimated smaller (first unit's files × units) is walked here
+              min_parallel_files: int = 0,  # a tree estimated smaller (mean files of 8 spread units × units) is walked here
              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Every file under `root/top` for each of `tops` (see `file_table`), by one scandir pass; what it could not walk."
     root, walked = str(root), Walked()
@@ -249,11 +249,13 @@ def walk_tree(root: str | Path,  # the data root
             walked.update(part)
             n_files += sum(part.counts)
             bar.set_postfix_str(f'{n_files:,} files', refresh=False); bar.update()
-        if parallel > 1 and min_parallel_files:  # the first unit here: its size estimates the tree's
-            first, rest = walk(units[0]), units[1:]
-            add(first)
-            if sum(first.counts) * len(units) < min_parallel_files: parallel = 1
-        for part in imap(walk, rest, parallel, max(1, len(rest) // (8 * workers))): add(part)
+        sampled = {}
+        if parallel > 1 and min_parallel_files:  # units spread over the tree, walked here, estimate its size
+            sampled = {i: walk(units[i]) for i in sorted(set(np.linspace(0, len(units) - 1, min(8, len(units))).round().astype(int)))}
+            if sum(sum(p.counts) for p in sampled.values()) / len(sampled) * len(units) < min_parallel_files: parallel = 1
+            rest = [u for i, u in enumerate(units) if i not in sampled]
+        got = iter(imap(walk, rest, parallel, max(1, len(rest) // (8 * workers))))
+        for i in range(len(units)): add(sampled[i] if i in sampled else next(got))  # in unit order
     if walked.errors: warnings.warn(f'could not read {len(walked.errors)} folder(s), e.g. {walked.errors[0]}')
     if found is not None:
         found['empty'] = pd.DataFrame(walked.empty, columns=['path', 'size']).astype({'path': 'str', 'size': 'int64'})
@@ -581,9 +583,12 @@ def read_file(root: str, path: str,
     try: fd = os.open(f'{root}/{path}', _READ_FLAGS)
     except OSError as e: return None, NO_STAT, f'cannot read it ({e.strerror or e})'
     try:
-        if not with_stat: return _read_fd(fd), NO_STAT, None
+        if not with_stat:
+            raw = _read_fd(fd)  # only an empty read pays a stat, to tell a pipe from an empty file
+            return (None, NO_STAT, why) if not raw and (why := _not_regular(os.fstat(fd))) else (raw, NO_STAT, None)
         st = os.fstat(fd)
         if why := _not_regular(st): return None, NO_STAT, why
+        if st.st_size > MAX_LABEL_BYTES: return None, NO_STAT, f'{st.st_size:,} bytes, more than {MAX_LABEL_BYTES >> 20} MB: not a label JSON'
         return _read_fd(fd, st.st_size + 1), (st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino), None
     except OSError as e: return None, NO_STAT, f'cannot read it ({e.strerror or e})'
     finally: os.close(fd)
@@ -715,11 +720,11 @@ IMAGE_COLUMNS = ('path', 'fault', 'message', 'width', 'height', *STAT_COLUMNS)
 
 def image_fault(path: str) -> tuple:
     "(fault, why, width, height, *`STAT_COLUMNS`) of the PNG at `path`; fault None, `not_png`, `corrupt_image` or `unreadable`."
-    try: fd = os.open(path, _READ_FLAGS)  # non-blocking: a FIFO named *.png must not hang the scan
+    try: f = open(path, 'rb', opener=lambda p, _: os.open(p, _READ_FLAGS))  # non-blocking: a FIFO named *.png must not hang the scan
     except OSError as e: return 'unreadable', f'cannot read it ({e.strerror or e})', None, None, *NO_STAT
-    st = os.fstat(fd)
-    if why := _not_regular(st): os.close(fd); return 'unreadable', why, None, None, *NO_STAT
-    with os.fdopen(fd, 'rb') as f:
+    with f:
+        st = os.fstat(f.fileno())
+        if why := _not_regular(st): return 'unreadable', why, None, None, *NO_STAT
         key = (st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino)
         try:
             if st.st_size == 0: return 'corrupt_image', 'zero-byte file', None, None, *key
@@ -825,7 +830,9 @@ def read_checked(root: Path, paths: pd.Series, what: str,  # 'label' (parse JSON
     else: hits, fresh = cache_frame(), todo.path  # nothing cached: no stat pass, every file is read
     reader = partial(read_labels, with_stat=with_stat) if what == 'label' else check_images
     chunk = LABEL_CHUNK if what == 'label' else 256  # a label batch has a fixed cost of some 100 Arrow calls
-    rows = run_chunked(partial(reader, str(root)), fresh.tolist(), workers, f'{what}s', progress, chunk=chunk)
+    # a PNG verify costs ~1000 label parses: the pool pays for itself from two chunks of images on
+    rows = run_chunked(partial(reader, str(root)), fresh.tolist(), workers, f'{what}s', progress, chunk=chunk,
+                       min_parallel=None if what == 'label' else 2 * chunk)
     if what == 'label': new = (rows if isinstance(rows, pa.Table) else rows_table([])).to_pandas()
     else: new = pd.DataFrame(rows, columns=list(IMAGE_COLUMNS))
     new = cache_frame(new.assign(what=what))

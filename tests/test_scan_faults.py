@@ -258,12 +258,14 @@ def test_duplicate_stems_label_mismatch_and_zero_byte_images(tree, tmp_path):
     assert {tuple(faults_of(res, p)) for p in empty if (root/p).stat().st_size == 0} == {('corrupt_image',)}
 
 
-def test_a_fifo_named_like_a_label_or_an_image_is_quarantined_not_waited_on(tree, tmp_path):
-    "A named pipe has no writer: opening it the usual way blocks forever. Scans at both checks finish and list both pipes."
+def test_a_fifo_or_a_huge_file_named_like_a_label_is_quarantined_not_waited_on(tree, tmp_path):
+    "A named pipe has no writer: opening it the usual way blocks forever; a huge file would fill memory. Both are listed."
     root, made = tree
     png, label = a_single(made)
     other_png, _ = a_single(made, 'val')
     for p in (label, other_png): (root/p).unlink(); os.mkfifo(root/p)
+    _, huge = a_single(made, 'val')
+    os.truncate(root/huge, 100 << 20)  # a sparse 100 MB 'label': refused by its size, never read into memory
     for check in ('labels', 'images'):
         code = f'from pillsnap.scan import scan; scan({str(root)!r}, {str(tmp_path/check)!r}, check={check!r}, progress=False)'
         subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, timeout=300)  # a hang fails here
@@ -272,6 +274,7 @@ def test_a_fifo_named_like_a_label_or_an_image_is_quarantined_not_waited_on(tree
         inv = set(pd.read_parquet(tmp_path/check/'inventory.parquet').path)
         assert png not in inv and other_png not in inv
         if check == 'images': assert 'not a regular file' in q[q.path == other_png].message.iloc[0]
+        assert 'more than 64 MB' in q[q.path == huge].message.iloc[0]
 
 
 def big_tree(root: Path, n: int = 8000, codes: int = 200) -> Path:
