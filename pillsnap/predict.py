@@ -417,7 +417,7 @@ def crops(self: TwoStagePredictor, named: list, mode: str = 'single', conf: floa
 
 @patch
 def predict(self: TwoStagePredictor, images, mode: str = 'single', conf: float = 0.3, top_k: int = 5) -> list[Prediction]:
-    "Predictions for images (paths or PIL images; one or a list); an unreadable file raises naming it."
+    "Predictions for images (paths, turned upright by their EXIF, as ultralytics reads files; or PIL images, used as given); an unreadable file raises naming it."
     if mode not in MODES: raise ValueError(f'mode must be one of {MODES}, not {mode!r} (there is no automatic mode)')
     check_conf(conf)
     images = images if isinstance(images, (list, tuple)) else [images]
@@ -457,7 +457,10 @@ def predict_files(self: TwoStagePredictor, paths, mode: str = 'single', conf: fl
 def draw_prediction(pred: Prediction, img: Image.Image | None = None, truth: list[bool] | None = None) -> Image.Image:
     "The image with each pill's box and code (green, or red where `truth` marks it wrong)."
     from PIL import ImageDraw
-    img = img.convert('RGB').copy() if img is not None else _as_image(pred.image)[1]  # the file turned upright, as predicted
+    if img is None:  # the file as predicted: turned upright, unless it was given as a PIL image (used as stored)
+        img = _as_image(pred.image)[1]
+        if img.size != (pred.width, pred.height): img = Image.open(pred.image)
+    img = img.convert('RGB').copy()
     d = ImageDraw.Draw(img)
     lw = max(1, round(min(img.size) / 150))
     for i, p in enumerate(pred.pills):

@@ -233,7 +233,7 @@ def walk_tree(root: str | Path,  # the data root
               follow_links: bool = False,  # follow symbolic links to folders (see `link_fault`)
               stat: bool = False,  # also stat every image (see `stat_pngs`), in the walkers
               found: dict | None = None,  # receives 'empty': `path`, `size` of the zero-byte images `stat` found
-              min_parallel_files: int = 0,  # a tree estimated smaller (mean files of 8 spread units × units) is walked here
+              min_parallel_files: int = 0,  # a tree estimated smaller (mean files of ≤ 8 spread units × units) is walked here
              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Every file under `root/top` for each of `tops` (see `file_table`), by one scandir pass; what it could not walk."
     root, walked = str(root), Walked()
@@ -251,7 +251,8 @@ def walk_tree(root: str | Path,  # the data root
             bar.set_postfix_str(f'{n_files:,} files', refresh=False); bar.update()
         sampled = {}
         if parallel > 1 and min_parallel_files:  # units spread over the tree, walked here, estimate its size
-            sampled = {i: walk(units[i]) for i in sorted(set(np.linspace(0, len(units) - 1, min(8, len(units))).round().astype(int)))}
+            k = min(8, max(1, len(units) // 8))  # at most an eighth of the units walked here before the pool starts
+            sampled = {i: walk(units[i]) for i in sorted(set(np.linspace(0, len(units) - 1, k).round().astype(int)))}
             if sum(sum(p.counts) for p in sampled.values()) / len(sampled) * len(units) < min_parallel_files: parallel = 1
             rest = [u for i, u in enumerate(units) if i not in sampled]
         got = iter(imap(walk, rest, parallel, max(1, len(rest) // (8 * workers))))
