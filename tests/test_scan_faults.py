@@ -266,15 +266,16 @@ def test_a_fifo_or_a_huge_file_named_like_a_label_is_quarantined_not_waited_on(t
     for p in (label, other_png): (root/p).unlink(); os.mkfifo(root/p)
     _, huge = a_single(made, 'val')
     os.truncate(root/huge, 100 << 20)  # a sparse 100 MB 'label': refused by its size, never read into memory
-    for check in ('labels', 'images'):
-        code = f'from pillsnap.scan import scan; scan({str(root)!r}, {str(tmp_path/check)!r}, check={check!r}, progress=False)'
+    for check, no_cache in (('labels', False), ('images', False), ('labels', True)):  # no_cache reads without a stat first
+        out = tmp_path/f'{check}{no_cache}'
+        code = f'from pillsnap.scan import scan; scan({str(root)!r}, {str(out)!r}, check={check!r}, no_cache={no_cache}, progress=False)'
         subprocess.run([sys.executable, '-c', code], check=True, capture_output=True, timeout=300)  # a hang fails here
-        q = pd.read_csv(tmp_path/check/'quarantine.csv')
+        q = pd.read_csv(out/'quarantine.csv')
         assert q[q.path == label].message.str.contains('not a regular file').all() and (q.path == label).any(), q[q.path == label]
-        inv = set(pd.read_parquet(tmp_path/check/'inventory.parquet').path)
+        inv = set(pd.read_parquet(out/'inventory.parquet').path)
         assert png not in inv and other_png not in inv
         if check == 'images': assert 'not a regular file' in q[q.path == other_png].message.iloc[0]
-        assert 'more than 64 MB' in q[q.path == huge].message.iloc[0]
+        assert 'more than 64 MB' in q[q.path == huge].message.iloc[0]  # refused by its size, or after 64 MB without a stat
 
 
 def big_tree(root: Path, n: int = 8000, codes: int = 200) -> Path:
