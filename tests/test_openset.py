@@ -22,7 +22,9 @@ from pillsnap.stage import synth_manifest
 from pillsnap.train import train
 
 _RUN = {}
-TRAIN = dict(img_size=48, batch_size=16, lr=5e-3, threads=1)  # ~20 s CPU: 8 epochs of 4 steps
+TRAIN = dict(img_size=48, batch_size=16, lr=5e-3, threads=1)  # ~25 s CPU: 12 epochs of 3-4 steps
+# (8 epochs sufficed with any-angle rotation; with the 8 exact turns/mirrors a run of 8 epochs still scored held-out
+# and known test pills alike, AUROC 0.46; 12 epochs: 0.74)
 
 
 def shared_look_codes(inventory: Path) -> list[str]:
@@ -41,7 +43,7 @@ def build_openset_run(root: Path) -> Path:
     held = shared_look_codes(root/'inv'/'inventory.parquet')
     assert 2 <= len(held) <= 4, held  # the tree this test was built on: 2 twin pairs
     h = holdout_manifest(root/'manifest', root/'manifest_holdout', classes=held)
-    train(h.manifest, out=root/'run', target='classifier', epochs=8, workers=0, echo=False, classifier_kw=TRAIN)
+    train(h.manifest, out=root/'run', target='classifier', epochs=12, workers=0, echo=False, classifier_kw=TRAIN)
     calibrate(root/'run', target_far=0.1, crop='label')
     return root/'run'
 
