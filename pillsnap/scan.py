@@ -176,13 +176,12 @@ def read_folder(root: str, rel: str, into: Walked,
     except OSError as e:
         into.errors.append(f'{rel} ({e.strerror})')
         into.faults.append((rel, 'unreadable', f'folder cannot be read ({e.strerror}): nothing under it is scanned'))
-    if dirs or links:  # a folder of files only (most of them) is checked by one encode
-        files, odd = utf8_split(files)
+    files, odd = utf8_split(files)
+    if dirs or links:  # a folder of files only (most of them) needs no more
         (dirs, odd_dirs), (links, odd_links) = utf8_split(dirs), utf8_split(links)
         odd += odd_dirs + odd_links
-    else: files, odd = utf8_split(files)
     if odd: into.faults.extend((f'{rel}/{safe_name(n)}', 'non_utf8_name', encoding_message(n)) for n in odd)
-    for n in sorted(links) if links else ():
+    for n in sorted(links):
         why = link_fault(f'{root}/{rel}/{n}', f'{rel}/{n}', into, follow_links)
         if why: into.faults.append((f'{rel}/{n}', 'linked_folder', why))
         else: dirs.append(n)
@@ -559,13 +558,14 @@ def fault_row(path: str, fault: str, message: str, key: tuple = NO_STAT) -> list
     return [(path, fault, message) + (None,) * (len(LABEL_COLUMNS) - 7) + key]
 
 MAX_LABEL_BYTES = 64 << 20  # a label JSON is ~1-2 kB; past this it is not one (e.g. a link to /dev/zero): refused, not read on
+_TOO_BIG = f'more than {MAX_LABEL_BYTES >> 20} MB: not a label JSON'
 
 def _read_fd(fd: int, size: int = 1 << 16) -> bytes:
     "Everything left in the open file `fd` (one system call when `size` covers it); OSError past `MAX_LABEL_BYTES`."
     parts, n = [os.read(fd, size)], 0
     while len(parts[-1]) == size:
         n += size
-        if n > MAX_LABEL_BYTES: raise OSError(f'more than {MAX_LABEL_BYTES >> 20} MB: not a label JSON')
+        if n > MAX_LABEL_BYTES: raise OSError(_TOO_BIG)
         parts.append(os.read(fd, 1 << 20)); size = 1 << 20
     return b''.join(parts) if len(parts) > 1 else parts[0]
 
@@ -589,7 +589,7 @@ def read_file(root: str, path: str,
             return (None, NO_STAT, why) if not raw and (why := _not_regular(os.fstat(fd))) else (raw, NO_STAT, None)
         st = os.fstat(fd)
         if why := _not_regular(st): return None, NO_STAT, why
-        if st.st_size > MAX_LABEL_BYTES: return None, NO_STAT, f'{st.st_size:,} bytes, more than {MAX_LABEL_BYTES >> 20} MB: not a label JSON'
+        if st.st_size > MAX_LABEL_BYTES: return None, NO_STAT, f'{st.st_size:,} bytes, {_TOO_BIG}'
         return _read_fd(fd, st.st_size + 1), (st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino), None
     except OSError as e: return None, NO_STAT, f'cannot read it ({e.strerror or e})'
     finally: os.close(fd)
